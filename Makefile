@@ -1,0 +1,46 @@
+# Two commands on a fresh machine: `make demo` and `make test`.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+SHELL := /bin/bash
+
+.PHONY: venv test demo lint clean
+
+# Find the newest Python >= 3.12: plain names first, then pyenv's own versions.
+define FIND_PYTHON
+for c in python3.13 python3.12 python3; do \
+  if command -v $$c >/dev/null 2>&1 && $$c -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then \
+    command -v $$c; exit 0; fi; \
+done; \
+if command -v pyenv >/dev/null 2>&1; then \
+  root=$$(pyenv root); \
+  for v in $$(pyenv versions --bare 2>/dev/null | grep -E '^3\.(1[2-9]|[2-9][0-9])' | sort -t. -k1,1nr -k2,2nr -k3,3nr); do \
+    for b in $$root/versions/$$v/bin/python3; do \
+      if [ -x $$b ] && $$b -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then echo $$b; exit 0; fi; \
+    done; \
+  done; \
+fi; \
+exit 1
+endef
+export FIND_PYTHON
+
+$(VENV)/.installed: pyproject.toml
+	@PYBIN=$$(bash -c "$$FIND_PYTHON") || { echo "error: bayesmoe needs Python >= 3.12 (jax and arviz 1.x require it); none found on PATH or in pyenv. Install python3.12 or newer." >&2; exit 1; }; \
+	echo "using $$PYBIN"; \
+	[ -x $(PY) ] || $$PYBIN -m venv $(VENV); \
+	$(PY) -m pip install --quiet --upgrade pip && \
+	$(PY) -m pip install --quiet -e '.[dev]' && touch $@
+
+venv: $(VENV)/.installed
+
+test: venv
+	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks
+	MPLBACKEND=Agg $(PY) -m pytest -q tests
+
+demo: venv
+	MPLBACKEND=Agg $(PY) examples/quickstart.py --quick
+
+lint: venv
+	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks
+
+clean:
+	rm -rf $(VENV) out .pytest_cache
