@@ -1,0 +1,109 @@
+"""Input checks shared by the public entry points.
+
+Every check runs on concrete (numpy) data before anything is traced or compiled, and raises a
+``ValueError`` whose message names the offending argument.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+
+
+def is_traced(a: Any) -> bool:
+    """True when ``a`` is a JAX tracer (inside jit/grad/vmap): such values cannot be checked."""
+    return isinstance(a, jax.core.Tracer)
+
+
+def column_names(x: Any) -> list[str] | None:
+    """Column names of a pandas DataFrame (or the name of a Series), else None."""
+    cols = getattr(x, "columns", None)
+    if cols is not None:
+        return [str(c) for c in cols]
+    name = getattr(x, "name", None)
+    if name is not None and hasattr(x, "to_numpy"):
+        return [str(name)]
+    return None
+
+
+def as_x(x: Any, name: str = "x") -> np.ndarray:
+    """Return ``x`` as a float (n, d) array; a 1-D ``x`` is one feature."""
+    if x is None:
+        raise ValueError(f"`{name}` is required, got None")
+    if hasattr(x, "to_numpy"):
+        x = x.to_numpy()
+    try:
+        arr = np.asarray(x, dtype=float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be numeric array-like, got {type(x).__name__}") from err
+    if arr.ndim == 0:
+        raise ValueError(f"`{name}` must have 1 or 2 dims (n,) or (n, d), got a scalar")
+    if arr.ndim == 1:
+        arr = arr[:, None]
+    if arr.ndim > 2:
+        raise ValueError(f"`{name}` must have 1 or 2 dims (n,) or (n, d), got shape {arr.shape}")
+    if arr.shape[0] == 0:
+        raise ValueError(f"`{name}` has no rows")
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s)")
+    return arr
+
+
+def as_y_real(y: Any, n: int, name: str = "y") -> np.ndarray:
+    """Return real-valued ``y`` as a float (n,) array, checking length and finiteness."""
+    arr = _as_1d(y, n, name)
+    try:
+        arr = arr.astype(float)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"`{name}` must be numeric") from err
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.sum(~np.isfinite(arr)))
+        raise ValueError(f"`{name}` contains {bad} NaN or infinite value(s)")
+    return arr
+
+
+def as_y_labels(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
+    """Return class labels as an int (n,) array with values in 0..n_classes-1."""
+    arr = _as_1d(y, n, name)
+    if arr.dtype.kind not in "iufb":
+        raise ValueError(f"`{name}` must hold integer class labels 0..{n_classes - 1}, "
+                         f"got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` contains NaN or infinite value(s)")
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"`{name}` must hold integer class labels 0..{n_classes - 1}, "
+                             "got non-integer values")
+    arr = arr.astype(np.int64)
+    bad = (arr < 0) | (arr >= n_classes)
+    if np.any(bad):
+        raise ValueError(f"`{name}` has class labels outside 0..{n_classes - 1}: "
+                         f"{sorted(set(arr[bad].tolist()))[:5]}")
+    return arr.astype(np.int32)
+
+
+def _as_1d(y: Any, n: int, name: str) -> np.ndarray:
+    if y is None:
+        raise ValueError(f"`{name}` is required, got None")
+    if hasattr(y, "to_numpy"):
+        y = y.to_numpy()
+    arr = np.asarray(y)
+    if arr.ndim == 2 and arr.shape[1] == 1:
+        arr = arr[:, 0]
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must be one-dimensional (n,), got shape {arr.shape}")
+    if arr.shape[0] != n:
+        raise ValueError(f"`{name}` has length {arr.shape[0]} but `x` has {n} rows")
+    return arr
+
+
+def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    """Check that ``value`` is an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
+    return int(value)

@@ -1,0 +1,27 @@
+"""bayesmoe.nn: sparse mixture-of-experts layers in Flax NNX (HyperRouter, SMoE, SMoE-Dropout).
+
+Importing this package needs only jax, flax, optax (and orbax for checkpoints); it does not
+import numpyro or arviz.
+"""
+
+from bayesmoe.nn.experts import DenseFFN, Experts, ExpertWeights
+from bayesmoe.nn.layer import SparseMoE, top_k_gates
+from bayesmoe.nn.losses import MoEAux, merge_aux, router_stats
+from bayesmoe.nn.routers import HyperRouter, LinearRouter, RandomRouter, Router
+from bayesmoe.nn.variables import Frozen
+
+__all__ = [
+    "DenseFFN",
+    "ExpertWeights",
+    "Experts",
+    "Frozen",
+    "HyperRouter",
+    "LinearRouter",
+    "MoEAux",
+    "RandomRouter",
+    "Router",
+    "SparseMoE",
+    "merge_aux",
+    "router_stats",
+    "top_k_gates",
+]

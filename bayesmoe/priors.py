@@ -1,0 +1,93 @@
+r"""Default priors, weakly informative and scaled to the data.
+
+The rule follows the spirit of rstanarm's autoscaling: every prior is stated on the scale of the data,
+so that the same model gives sensible answers whether ``y`` is in metres or millimetres.
+
+With :math:`\bar y, s_y` the mean and standard deviation of ``y`` and, for every regressor column
+:math:`f_j` (a feature of ``x``, a monomial of the polynomial expert, or ``M(x)`` of the modified softmax
+gate), :math:`\bar f_j, s_j` its mean and standard deviation:
+
+=====================  =====================================================================
+site                   default prior
+=====================  =====================================================================
+expert_coef            :math:`N(0, (2.5\, s_y / s_j)^2)`
+expert_intercept       :math:`N(\bar y, (2.5\, s_y)^2 (1 + \sum_j \bar f_j^2 / s_j^2))`, the prior
+                       on the intercept of centred regressors carried over to raw ones
+expert_scale           :math:`\mathrm{LogNormal}(\log(s_y / 2), 1.5)`: vanishes at 0, so a MAP fit
+                       cannot collapse an expert onto a few points
+gate_coef (softmax)    :math:`N(0, (5 / s_j)^2)` on the free rows: a one-sd move of a regressor
+                       shifts a log-odds by about 5
+gate_intercept         :math:`N(0, 5^2 (1 + \sum_j \bar f_j^2 / s_j^2))` on the free rows
+gate_weight            :math:`\mathrm{Dirichlet}(1, \ldots, 1)`
+gate_loc               :math:`N(\bar x_j, (2\, s_{x_j})^2)`
+gate_scale             :math:`\mathrm{LogNormal}(\log(s_{x_j} / 2), 1.5)`
+gate_corr_chol         :math:`\mathrm{LKJCholesky}(d, 2)` (``covariance="full"``)
+expert_coef (classes)  :math:`N(0, (2.5 / s_j)^2)`, expert_intercept :math:`N(0, 2.5^2(1 + \ldots))`
+=====================  =====================================================================
+
+Any site's prior can be replaced: ``MoE(..., priors={"expert_scale": dist.Gamma(2.0, 1.0)})``.
+A scalar (batch-shape ``()``) distribution is broadcast to the site's shape. For the softmax gate
+and the multinomial-logistic expert, the prior applies to the free rows (the reference row is fixed).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax.numpy as jnp
+import numpyro.distributions as dist
+
+#: lower bound used for data standard deviations that are zero (constant columns)
+_SD_FLOOR = 1e-8
+
+
+class Scale(NamedTuple):
+    """Location and scale of the data, the unit every default prior is stated in."""
+
+    mean: jnp.ndarray  # (p,) regressor means
+    sd: jnp.ndarray  # (p,) regressor standard deviations
+    y_mean: jnp.ndarray  # ()
+    y_sd: jnp.ndarray  # ()
+
+
+def data_scale(features: jnp.ndarray, y: jnp.ndarray | None) -> Scale:
+    """Scale of the regressor columns ``features`` (n, p) and of ``y`` (unit scale when None)."""
+    features = jnp.asarray(features)
+    mean = jnp.mean(features, axis=0)
+    sd = jnp.maximum(jnp.std(features, axis=0), _SD_FLOOR)
+    if y is None:
+        y_mean, y_sd = jnp.zeros(()), jnp.ones(())
+    else:
+        y = jnp.asarray(y, dtype=mean.dtype)
+        y_mean = jnp.mean(y)
+        y_sd = jnp.maximum(jnp.std(y), _SD_FLOOR)
+    return Scale(mean, sd, y_mean, y_sd)
+
+
+def intercept_inflation(scale: Scale) -> jnp.ndarray:
+    """sqrt(1 + sum_j mean_j^2 / sd_j^2): the intercept sd factor for uncentred regressors."""
+    return jnp.sqrt(1.0 + jnp.sum((scale.mean / scale.sd) ** 2))
+
+
+def resolve(priors: dict | None, name: str, default: dist.Distribution,
+            shape: tuple[int, ...]) -> dist.Distribution:
+    """The user's prior for site ``name`` if given, else ``default``; broadcast to ``shape``.
+
+    The distribution is expanded so that its batch + event shape equals ``shape``; the event
+    dims of the result are declared with ``to_event`` so the site has a single log-density.
+    """
+    d = default if priors is None or name not in priors else priors[name]
+    if not isinstance(d, dist.Distribution):
+        raise ValueError(f"`priors[{name!r}]` must be a numpyro Distribution, got {type(d).__name__}")
+    event_nd = len(d.event_shape)
+    batch_shape = shape[: len(shape) - event_nd] if event_nd else shape
+    if tuple(d.event_shape) != tuple(shape[len(shape) - event_nd:]):
+        raise ValueError(f"`priors[{name!r}]` has event shape {d.event_shape}, the site needs "
+                         f"shape {shape}")
+    if tuple(d.batch_shape) != tuple(batch_shape):
+        try:
+            d = d.expand(batch_shape)
+        except ValueError as err:
+            raise ValueError(f"`priors[{name!r}]` with batch shape {d.batch_shape} cannot be "
+                             f"broadcast to the site shape {shape}") from err
+    return d.to_event(len(batch_shape)) if batch_shape else d

@@ -1,0 +1,169 @@
+"""model.log_likelihood against independent numpy/scipy computations, for every gate x expert."""
+
+import itertools
+
+import jax
+import numpy as np
+import pytest
+from numpyro.infer.util import log_density
+from scipy import integrate, special, stats
+
+import bayesmoe as bm
+from tests import reference as ref
+from tests.params_factory import EXPERTS, GATES, random_params, random_y, reference_kinds
+
+COMBOS = list(itertools.product(GATES, EXPERTS))
+JOINT = [(g, e, False) for g, e in COMBOS] + [
+    (g, e, True) for g, e in COMBOS if g.startswith("gaussian")]
+
+
+@pytest.mark.parametrize("gate_name,expert_name,joint", JOINT)
+def test_log_likelihood_matches_scipy_float32(gate_name, expert_name, joint, rng):
+    gate, expert = GATES[gate_name](), EXPERTS[expert_name]()
+    K, d, n = 3, 2, 50
+    model = bm.MoE(gate, expert, n_experts=K, joint=joint)
+    params = random_params(rng, gate, expert, K, d)
+    x = rng.normal(size=(n, d))
+    y = random_y(rng, expert, n)
+    got = np.asarray(model.log_likelihood(params, x, y))
+    gk, tr, ek = reference_kinds(gate, expert)
+    want = ref.moe_log_lik(gk, ek, params, x, y, degree=expert.degree, transform=tr, joint=joint)
+    assert got.shape == (n,)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate_name,expert_name", COMBOS)
+def test_log_likelihood_matches_scipy_x64(gate_name, expert_name, rng):
+    gate, expert = GATES[gate_name](), EXPERTS[expert_name]()
+    K, d, n = 4, 2, 40
+    model = bm.MoE(gate, expert, n_experts=K)
+    params = random_params(rng, gate, expert, K, d)
+    x = rng.normal(size=(n, d))
+    y = random_y(rng, expert, n)
+    with jax.enable_x64(True):
+        got = np.asarray(model.log_likelihood(params, x, y))
+        assert got.dtype == np.float64
+    gk, tr, ek = reference_kinds(gate, expert)
+    want = ref.moe_log_lik(gk, ek, params, x, y, degree=expert.degree, transform=tr)
+    np.testing.assert_allclose(got, want, rtol=1e-10)
+
+
+@pytest.mark.parametrize("expert_name", list(EXPERTS))
+@pytest.mark.parametrize("gate_name", ["softmax", "gaussian_diag"])
+def test_single_expert_is_expert_density(gate_name, expert_name, rng):
+    gate, expert = GATES[gate_name](), EXPERTS[expert_name]()
+    model = bm.MoE(gate, expert, n_experts=1)
+    params = random_params(rng, gate, expert, 1, 2)
+    x, y = rng.normal(size=(30, 2)), random_y(rng, expert, 30)
+    _, _, ek = reference_kinds(gate, expert)
+    want = ref.expert_log_probs(ek, params, x, y, degree=expert.degree)[:, 0]
+    np.testing.assert_allclose(model.log_likelihood(params, x, y), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("gate_name", ["softmax", "modified_tanh"])
+def test_softmax_translation_invariance(gate_name, rng):
+    gate = GATES[gate_name]()
+    K, d = 4, 3
+    params = random_params(rng, gate, bm.experts.Gaussian(), K, d)
+    x = rng.normal(size=(25, d)) * 3
+    base = np.asarray(gate.log_weights(params, x))
+    t0, t1 = rng.normal(), rng.normal(size=d)
+    shifted = dict(params, gate_intercept=params["gate_intercept"] + t0,
+                   gate_coef=params["gate_coef"] + t1)
+    np.testing.assert_allclose(gate.log_weights(shifted, x), base, rtol=1e-5, atol=1e-5)
+    # normalised: every row log-sums to 0
+    np.testing.assert_allclose(special.logsumexp(base, axis=1), 0.0, atol=1e-5)
+
+
+def test_gaussian_gate_equal_covariances_is_linear_softmax(rng):
+    """Equal covariances Sigma: log pi_k N(x|c_k, Sigma) = const(x) + w_k.x + b_k with
+    w_k = Sigma^-1 c_k and b_k = log pi_k - c_k' Sigma^-1 c_k / 2 (closed form)."""
+    K, d = 3, 2
+    a = rng.normal(size=(d, d))
+    sigma = a @ a.T + np.eye(d)
+    loc = rng.normal(size=(K, d))
+    pi = rng.dirichlet(np.ones(K))
+    gp = {"gate_weight": pi, "gate_loc": loc, "gate_cov": np.stack([sigma] * K)}
+    prec = np.linalg.inv(sigma)
+    w = loc @ prec
+    b = np.log(pi) - 0.5 * np.einsum("ki,ij,kj->k", loc, prec, loc)
+    sp = {"gate_intercept": b - b[-1], "gate_coef": w - w[-1]}  # reference gauge
+    x = rng.normal(size=(40, d)) * 2
+    np.testing.assert_allclose(bm.gates.Gaussian("full").log_weights(gp, x),
+                               bm.gates.Softmax().log_weights(sp, x), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("gate_name", list(GATES))
+@pytest.mark.parametrize("degree", [1, 2])
+def test_gaussian_mixture_density_integrates_to_one(gate_name, degree, rng):
+    gate, expert = GATES[gate_name](), bm.experts.Gaussian(degree=degree)
+    model = bm.MoE(gate, expert, n_experts=3)
+    params = random_params(rng, gate, expert, 3, 2)
+    x0 = rng.normal(size=(1, 2))
+    pred = model.predict(params, x0)
+    lo = float(np.min(pred.expert_mean)) - 12
+    hi = float(np.max(pred.expert_mean)) + 12
+    grid = np.linspace(lo, hi, 20001)
+    with jax.enable_x64(True):
+        ll = np.asarray(model.log_likelihood(params, np.repeat(x0, grid.size, 0), grid))
+    total = integrate.simpson(np.exp(ll), x=grid)
+    assert abs(total - 1.0) < 1e-6
+
+
+@pytest.mark.parametrize("gate_name,expert_name", COMBOS)
+def test_log_density_is_log_prior_plus_log_likelihood(gate_name, expert_name, rng):
+    gate, expert = GATES[gate_name](), EXPERTS[expert_name]()
+    K, d, n = 3, 2, 30
+    x = rng.normal(size=(n, d))
+    y = random_y(rng, expert, n)
+    prior = {}
+    if isinstance(expert, bm.experts.Gaussian):
+        prior["expert_scale"] = bm.priors.dist.Gamma(2.0, 1.5)
+    model = bm.MoE(gate, expert, n_experts=K, priors=prior or None)
+    params = random_params(rng, gate, expert, K, d)
+    free = model.free_params(params)
+    got = float(log_density(model, (x, y), {}, free)[0])
+    # independent log prior, site by site, from the documented default rules
+    scale = model.data_scale(x, y)
+    lp = _log_prior(model, free, scale)
+    gk, tr, ek = reference_kinds(gate, expert)
+    ll = ref.moe_log_lik(gk, ek, params, x, y, degree=expert.degree, transform=tr).sum()
+    np.testing.assert_allclose(got, lp + ll, rtol=2e-5)
+
+
+def _log_prior(model, free, scale):
+    gs, es = scale.gate, scale.expert
+    g_mean, g_sd = np.asarray(gs.mean), np.asarray(gs.sd)
+    e_mean, e_sd = np.asarray(es.mean), np.asarray(es.sd)
+    y_mean, y_sd = float(es.y_mean), float(es.y_sd)
+    g_infl = np.sqrt(1 + np.sum((g_mean / g_sd) ** 2))
+    e_infl = np.sqrt(1 + np.sum((e_mean / e_sd) ** 2))
+    lp = 0.0
+    if "gate_intercept_free" in free:
+        lp += stats.norm(0, 5 * g_infl).logpdf(free["gate_intercept_free"]).sum()
+        lp += stats.norm(0, 5 / g_sd).logpdf(free["gate_coef_free"]).sum()
+    if "gate_weight" in free:
+        lp += stats.dirichlet(np.ones(model.n_experts)).logpdf(np.asarray(free["gate_weight"]))
+    if "gate_loc" in free:
+        lp += stats.norm(g_mean, 2 * g_sd).logpdf(free["gate_loc"]).sum()
+        lp += stats.lognorm(s=1.5, scale=g_sd / 2).logpdf(free["gate_scale"]).sum()
+    if "gate_corr_chol" in free:
+        lp += sum(_lkj_chol_logpdf(np.asarray(L), 2.0) for L in free["gate_corr_chol"])
+    if "expert_scale" in free:
+        lp += stats.norm(y_mean, 2.5 * y_sd * e_infl).logpdf(free["expert_intercept"]).sum()
+        lp += stats.norm(0, 2.5 * y_sd / e_sd).logpdf(free["expert_coef"]).sum()
+        lp += stats.gamma(2.0, scale=1 / 1.5).logpdf(free["expert_scale"]).sum()
+    else:
+        lp += stats.norm(0, 2.5 * e_infl).logpdf(free["expert_intercept_free"]).sum()
+        lp += stats.norm(0, 2.5 / e_sd).logpdf(free["expert_coef_free"]).sum()
+    return lp
+
+
+def _lkj_chol_logpdf(L, eta):
+    """LKJ density of the Cholesky factor (Lewandowski et al. 2009), normalised, d = 2."""
+    d = L.shape[0]
+    assert d == 2
+    # for d = 2 the correlation r = L[1, 0] has density ∝ (1 - r^2)^(eta - 1) on (-1, 1): a
+    # Beta(eta, eta) on (r + 1) / 2; the Cholesky map r -> L has Jacobian dL[1,0]/dr = 1.
+    r = L[1, 0]
+    return stats.beta(eta, eta).logpdf((r + 1) / 2) - np.log(2)
