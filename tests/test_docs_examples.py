@@ -1,0 +1,42 @@
+"""Run every ```python block of the user docs, so that a broken example fails the test suite.
+
+The blocks of one page run in order in one namespace (later blocks build on earlier ones). Each block
+ends with ``assert`` statements checking its own numbers; a failing block is reported by its number and
+its line in the page.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOCS = Path(__file__).resolve().parent.parent / "docs"
+PAGES = ["index.md", "models.md"]
+
+_BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
+
+
+def python_blocks(text: str) -> list[tuple[int, str]]:
+    """The ```python blocks of a markdown page as (line number of the first code line, code)."""
+    return [(text.count("\n", 0, m.start(1)) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
+
+
+def test_block_extraction():
+    text = "intro ```python inline``` text\n```python\na = 1\n```\n\n```bash\nls\n```\n```python\nb = 2\n```\n"
+    assert python_blocks(text) == [(3, "a = 1\n"), (10, "b = 2\n")]
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_doc_examples_run(page):
+    path = DOCS / page
+    blocks = python_blocks(path.read_text())
+    assert blocks, f"{page} has no ```python blocks"
+    namespace: dict = {"__name__": f"docs_{page.removesuffix('.md')}"}
+    for i, (line, code) in enumerate(blocks, start=1):
+        try:
+            exec(compile(code, f"{path}:block{i}@line{line}", "exec"), namespace)
+        except Exception as err:  # noqa: BLE001 - re-raised with the block's location
+            pytest.fail(f"{page}: python block {i} (line {line}) failed: {type(err).__name__}: {err}",
+                        pytrace=True)
