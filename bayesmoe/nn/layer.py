@@ -92,7 +92,10 @@ class SparseMoE(nnx.Module):
         self.capacity_factor = float(capacity_factor)
         self.block_size = block_size
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
-        self.router = make_router(router, d_model, n_experts, rngs=rngs)
+        # the router draws from its own sub-stream (one key of ``rngs``), so that models
+        # differing only in router type share every other initial weight
+        router_rngs = nnx.Rngs(params=rngs.params())
+        self.router = make_router(router, d_model, n_experts, rngs=router_rngs)
         self.experts = Experts(d_model, d_ff, n_experts, rngs=rngs)
 
     def _dispatch(self, x: Array, gates: Array, idx: Array, k: int):
