@@ -249,6 +249,36 @@ class MoE:
         out.update(self.expert.free_params(params))
         return out
 
+    def spec(self) -> dict:
+        """A JSON-able description of the model (stored in ArviZ attrs); see :meth:`from_spec`."""
+        g, e = self.gate, self.expert
+        out = {"n_experts": self.n_experts, "joint": self.joint, "expert": type(e).__name__,
+               "degree": e.degree}
+        if isinstance(g, _gates.Gaussian):
+            out.update(gate="Gaussian", covariance=g.covariance)
+        elif isinstance(g, _gates.Softmax):
+            out.update(gate="Softmax")
+        else:
+            out.update(gate="ModifiedSoftmax", transform=g.transform_name)
+        if isinstance(e, _experts.Categorical):
+            out["n_classes"] = e.n_classes
+        return out
+
+    @classmethod
+    def from_spec(cls, spec: dict, priors: dict | None = None) -> MoE:
+        """Rebuild a model from :meth:`spec` (custom callable transforms cannot be rebuilt)."""
+        if spec["gate"] == "Gaussian":
+            gate = _gates.Gaussian(spec["covariance"])
+        elif spec["gate"] == "Softmax":
+            gate = _gates.Softmax()
+        else:
+            gate = _gates.ModifiedSoftmax(spec["transform"])
+        if spec["expert"] == "Categorical":
+            expert = _experts.Categorical(spec["n_classes"], degree=spec["degree"])
+        else:
+            expert = _experts.Gaussian(degree=spec["degree"])
+        return cls(gate, expert, spec["n_experts"], priors=priors, joint=spec["joint"])
+
     def param_dims(self, d: int) -> dict[str, tuple[str, ...]]:
         """Named dims of every site (for ArviZ)."""
         dims = self.gate.param_dims(d)

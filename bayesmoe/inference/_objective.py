@@ -1,0 +1,73 @@
+"""Log joint densities of a NumPyro model and the map to unconstrained space (no Jacobian: MAP)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpyro.distributions as dist
+from numpyro.distributions.transforms import AffineTransform, ComposeTransform, ExpTransform
+from numpyro.handlers import seed, substitute, trace
+
+
+def latent_sites(model_fn: Callable, args: tuple, kwargs: dict) -> dict[str, dict]:
+    """The latent (non-observed) sample sites of a model run once with a fixed seed."""
+    tr = trace(seed(model_fn, 0)).get_trace(*args, **kwargs)
+    return {name: site for name, site in tr.items()
+            if site["type"] == "sample" and not site["is_observed"]
+            and not site.get("infer", {}).get("is_auxiliary", False)}
+
+
+def transforms(sites: dict[str, dict], floors: dict[str, jnp.ndarray] | None = None) -> dict:
+    """Bijections from unconstrained space to each site's support.
+
+    Sites named in ``floors`` (positive scales) use ``floor + exp(u)``: an explicit lower bound that
+    keeps a maximum-likelihood fit from collapsing an expert's variance to 0.
+    """
+    floors = floors or {}
+    out = {}
+    for name, site in sites.items():
+        if name in floors:
+            out[name] = ComposeTransform([ExpTransform(), AffineTransform(floors[name], 1.0)])
+        else:
+            out[name] = dist.biject_to(site["fn"].support)
+    return out
+
+
+def constrain(tfs: dict, u: dict) -> dict:
+    return {k: tfs[k](v) for k, v in u.items()}
+
+
+def unconstrain(tfs: dict, theta: dict) -> dict:
+    return {k: tfs[k].inv(jnp.asarray(v)) for k, v in theta.items()}
+
+
+def log_joint(model_fn: Callable, theta: dict, args: tuple, kwargs: dict,
+              prior: bool) -> jnp.ndarray:
+    """Sum of the log-densities of the observed sites (and of the latent ones when ``prior``)."""
+    tr = trace(substitute(model_fn, data=theta)).get_trace(*args, **kwargs)
+    total = jnp.zeros(())
+    for site in tr.values():
+        if site["type"] != "sample":
+            continue
+        if site["is_observed"] or prior:
+            lp = site["fn"].log_prob(site["value"])
+            if site.get("scale") is not None:
+                lp = lp * site["scale"]
+            total = total + jnp.sum(lp)
+    return total
+
+
+def all_values(model_fn: Callable, theta: dict, args: tuple, kwargs: dict) -> dict:
+    """Latent and deterministic site values at ``theta`` (observed sites excluded)."""
+    tr = trace(substitute(seed(model_fn, 0), data=theta)).get_trace(*args, **kwargs)
+    return {name: site["value"] for name, site in tr.items()
+            if (site["type"] == "sample" and not site["is_observed"])
+            or site["type"] == "deterministic"}
+
+
+def n_unconstrained(tfs: dict, theta: dict) -> int:
+    """Number of free (unconstrained) parameters."""
+    u = unconstrain(tfs, theta)
+    return int(sum(jnp.size(v) for v in jax.tree.leaves(u)))
