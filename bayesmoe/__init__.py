@@ -2,6 +2,7 @@
 
 from bayesmoe import datasets, experts, gates, priors
 from bayesmoe.distributions import MixtureOfExperts
+from bayesmoe.inference import FitResult, fit_map, fit_mle, sample, set_host_device_count
 from bayesmoe.model import MoE, Prediction, Simulation
 
 __version__ = "0.1.0"
@@ -14,5 +15,13 @@ def enable_x64(enable: bool = True) -> None:
     jax.config.update("jax_enable_x64", bool(enable))
 
 
-__all__ = ["MoE", "MixtureOfExperts", "Prediction", "Simulation", "datasets", "enable_x64",
-           "experts", "gates", "priors"]
+def relabel(idata, method: str = "ecr", **kwargs):
+    """Undo label switching in a posterior DataTree (see :mod:`bayesmoe.inference.relabel`)."""
+    from bayesmoe.inference.relabel import relabel as _relabel
+
+    return _relabel(idata, method=method, **kwargs)
+
+
+__all__ = ["FitResult", "MixtureOfExperts", "MoE", "Prediction", "Simulation", "datasets",
+           "enable_x64", "experts", "fit_map", "fit_mle", "gates", "priors", "relabel", "sample",
+           "set_host_device_count"]

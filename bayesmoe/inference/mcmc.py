@@ -1,0 +1,198 @@
+r"""Posterior inference by NUTS, returned as an ArviZ (>= 1.0) ``DataTree``.
+
+Mixture-of-experts posteriors are multimodal (label switching, and poor local modes). NUTS from
+random starts leaves chains in different modes (R-hat >> 1, for Stan and NumPyro alike), so by default
+(``init="map"``) a multi-start MAP fit runs first and every chain starts near it (a small jitter in
+unconstrained space). Chains run in parallel on host devices when JAX has at least ``num_chains`` of
+them (``bm.set_host_device_count(n)`` before JAX starts; fastest on CPU), else vectorized.
+
+Groups of the result: ``posterior`` (site names of DESIGN.md, dims ``expert``, ``feature``, ``class``),
+``sample_stats`` (energy, tree depth, acceptance, divergences), ``log_likelihood`` (per observation,
+for ``arviz.loo``), ``observed_data``, ``constant_data`` (x) and ``posterior_predictive``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from arviz_base import from_dict
+from numpyro.infer import MCMC, NUTS, Predictive
+from numpyro.infer import log_likelihood as numpyro_log_likelihood
+
+from bayesmoe._validation import as_x, check_positive_int, column_names
+from bayesmoe.inference import _objective as obj
+from bayesmoe.inference.map import fit_map
+from bayesmoe.model import MoE
+
+CHAIN_METHODS = ("parallel", "vectorized", "sequential")
+
+
+def set_host_device_count(n: int) -> None:
+    """Expose ``n`` CPU devices to JAX so chains run in parallel; call before JAX starts."""
+    import numpyro  # noqa: PLC0415
+
+    numpyro.set_host_device_count(check_positive_int(n, "n"))
+
+
+def _default_chain_method(num_chains: int) -> str:
+    return "parallel" if jax.local_device_count() >= num_chains else "vectorized"
+
+
+def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_warmup: int = 1000,
+           num_samples: int = 1000, seed: int = 0, init: str | dict = "map",
+           chain_method: str | None = None, progress_bar: bool = True, relabel: bool = True,
+           posterior_predictive: bool = True, target_accept_prob: float = 0.8,
+           dense_mass: bool | None = None, init_jitter: float = 0.05, n_starts: int = 8,
+           max_tree_depth: int = 10):
+    """Run NUTS on ``model`` given (x, y) and return an ArviZ ``DataTree``.
+
+    :param init: ``"map"`` (multi-start MAP, then chains near it), ``"random"`` (NumPyro's uniform
+        init in (-2, 2) unconstrained) or a params dict (site names of DESIGN.md).
+    :param chain_method: ``"parallel"`` (default when JAX has ``num_chains`` devices),
+        ``"vectorized"`` (default otherwise) or ``"sequential"``.
+    :param relabel: apply :func:`bayesmoe.relabel` (ECR) to undo label switching across draws.
+    :param dense_mass: dense mass matrix (default: True when the model has <= 100 parameters).
+    """
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    check_positive_int(num_chains, "num_chains")
+    check_positive_int(num_samples, "num_samples")
+    check_positive_int(num_warmup, "num_warmup", minimum=0)
+    if chain_method is not None and chain_method not in CHAIN_METHODS:
+        raise ValueError(f"`chain_method` must be one of {CHAIN_METHODS}, got {chain_method!r}")
+    if not (isinstance(init, dict) or init in ("map", "random")):
+        raise ValueError(f"`init` must be 'map', 'random' or a params dict, got {init!r}")
+    is_moe = isinstance(model, MoE)
+    if is_moe:
+        xa, ya = model.check_data(x, y)
+        if ya is None:
+            raise ValueError("`y` is required, got None")
+        if isinstance(init, dict):
+            model._check_params(init, xa.shape[1])
+    elif callable(model):
+        xa = as_x(x, "x")
+        ya = np.asarray(y)
+        if ya.shape[0] != xa.shape[0]:
+            raise ValueError(f"`y` has length {ya.shape[0]} but `x` has {xa.shape[0]} rows")
+    else:
+        raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
+    features = column_names(x)
+    dtype = jnp.result_type(float)
+    x_j = jnp.asarray(xa, dtype)
+    y_j = jnp.asarray(ya) if (is_moe and model.is_classifier) or ya.dtype.kind in "iub" \
+        else jnp.asarray(ya, dtype)
+    kwargs = {"data_scale": model.data_scale(xa, ya)} if is_moe else {}
+    key_init, key_mcmc, key_ppc = jax.random.split(jax.random.key(seed), 3)
+    sites = obj.latent_sites(model, (x_j, y_j), kwargs)
+    tfs = obj.transforms(sites)
+    n_latent = sum(int(np.prod(s["value"].shape)) for s in sites.values())
+    dense_mass = (n_latent <= 100) if dense_mass is None else dense_mass
+
+    init_params = None
+    map_fit = None
+    if init == "map" or isinstance(init, dict):
+        if init == "map":
+            map_fit = fit_map(model, xa, ya, n_starts=n_starts, seed=seed)
+            centre = map_fit.params
+        else:
+            centre = init
+        free = model.free_params(centre) if is_moe else {k: centre[k] for k in sites}
+        u = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in free.items()})
+        keys = jax.random.split(key_init, len(u))
+        init_params = {k: v[None] + init_jitter * jax.random.normal(keys[i], (num_chains, *v.shape), dtype)
+                       for i, (k, v) in enumerate(u.items())}
+        if num_chains == 1:
+            init_params = {k: v[0] for k, v in init_params.items()}
+
+    kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass,
+                  max_tree_depth=max_tree_depth)
+    method = chain_method or _default_chain_method(num_chains)
+    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method=method, progress_bar=progress_bar)
+    mcmc.run(key_mcmc, x_j, y_j, init_params=init_params,
+             extra_fields=("energy", "num_steps", "accept_prob", "diverging", "adapt_state.step_size"),
+             **kwargs)
+    samples = mcmc.get_samples(group_by_chain=True)
+    stats = mcmc.get_extra_fields(group_by_chain=True)
+
+    flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
+    if is_moe:
+        post = {k: np.asarray(v) for k, v in samples.items() if not k.endswith("_free")}
+        ll = _moe_pointwise_ll(model, flat, x_j, y_j, num_chains)
+        log_lik = {"y": ll}
+    else:
+        post = {k: np.asarray(v) for k, v in samples.items()}
+        lls = numpyro_log_likelihood(model, flat, x_j, y_j, **kwargs)
+        log_lik = {k: np.asarray(v).reshape((num_chains, num_samples) + v.shape[1:])
+                   for k, v in lls.items()}
+    data = {
+        "posterior": post,
+        "sample_stats": {
+            "energy": np.asarray(stats["energy"]),
+            "n_steps": np.asarray(stats["num_steps"]),
+            "tree_depth": np.floor(np.log2(np.asarray(stats["num_steps"]) + 1)).astype(int),
+            "acceptance_rate": np.asarray(stats["accept_prob"]),
+            "diverging": np.asarray(stats["diverging"]),
+            "step_size": np.asarray(stats["adapt_state.step_size"]),
+        },
+        "log_likelihood": log_lik,
+        "observed_data": {"y": np.asarray(ya)},
+        "constant_data": {"x": np.asarray(xa)},
+    }
+    if posterior_predictive:
+        pred = Predictive(model, posterior_samples=flat, return_sites=["y"])(key_ppc, x_j, None, **kwargs)
+        data["posterior_predictive"] = {
+            "y": np.asarray(pred["y"]).reshape((num_chains, num_samples, -1))}
+    d = xa.shape[1]
+    coords = {"obs": np.arange(xa.shape[0]),
+              "feature": features if features else [f"x{j}" for j in range(d)]}
+    dims = {"x": ["obs", "feature"], "y": ["obs"]}
+    attrs = {"inference_library": "numpyro", "bayesmoe_chain_method": method}
+    if is_moe:
+        n_k = model.n_experts
+        coords["expert"] = np.arange(n_k)
+        pdims = model.param_dims(d)
+        dims.update({k: list(v) for k, v in pdims.items() if k in post})
+        _extra_coords(model, coords, features, d)
+        if model.joint:
+            dims["x_obs"] = ["obs", "feature"]
+        attrs["bayesmoe_model"] = json.dumps(model.spec())
+    if map_fit is not None:
+        attrs["map_log_likelihood"] = map_fit.log_likelihood
+    dt = from_dict(data, coords=coords, dims=dims, attrs=attrs)
+    if is_moe and relabel and model.n_experts > 1:
+        from bayesmoe.inference.relabel import relabel as _relabel  # noqa: PLC0415
+
+        dt = _relabel(dt, model=model)
+    return dt
+
+
+def _extra_coords(model: MoE, coords: dict, features, d: int) -> None:
+    names = features if features else [f"x{j}" for j in range(d)]
+    if getattr(model.expert, "degree", 1) > 1:
+        from bayesmoe.experts import feature_names  # noqa: PLC0415
+
+        coords["term"] = feature_names(names, model.expert.degree)
+    if model.is_classifier:
+        coords["class"] = np.arange(model.expert.n_classes)
+    gate_q = model.gate.n_features(d)
+    if gate_q != d:
+        coords["gate_feature"] = np.arange(gate_q)
+    if "gate_cov" in model.param_dims(d):
+        coords["feature_bis"] = names
+
+
+def _moe_pointwise_ll(model: MoE, flat: dict, x, y, num_chains: int) -> np.ndarray:
+    """log p(y_i | x_i, theta_s) for every draw s: (chain, draw, obs), in chunks of draws."""
+    fn = jax.jit(jax.vmap(lambda p: model._log_likelihood(p, x, y)))
+    full = {k: v for k, v in flat.items() if not k.endswith("_free")}
+    S = next(iter(full.values())).shape[0]
+    step = max(1, int(2e7 // max(1, x.shape[0] * model.n_experts)))
+    out = np.concatenate([np.asarray(fn({k: v[i:i + step] for k, v in full.items()}))
+                          for i in range(0, S, step)])
+    return out.reshape((num_chains, S // num_chains, -1))
