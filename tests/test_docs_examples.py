@@ -23,20 +23,36 @@ def python_blocks(text: str) -> list[tuple[int, str]]:
     return [(text.count("\n", 0, m.start(1)) + 1, m.group(1)) for m in _BLOCK.finditer(text)]
 
 
+def run_page(path: Path) -> int:
+    """Execute the page's python blocks in order in one namespace; return how many ran."""
+    blocks = python_blocks(path.read_text())
+    if not blocks:
+        pytest.fail(f"{path.name} has no ```python blocks")
+    namespace: dict = {"__name__": f"docs_{path.stem}"}
+    for i, (line, code) in enumerate(blocks, start=1):
+        try:
+            exec(compile(code, f"{path}:block{i}@line{line}", "exec"), namespace)
+        except Exception as err:  # re-raised as a test failure naming the block
+            pytest.fail(f"{path.name}: python block {i} (line {line}) failed: {type(err).__name__}: {err}")
+    return len(blocks)
+
+
 def test_block_extraction():
-    text = "intro ```python inline``` text\n```python\na = 1\n```\n\n```bash\nls\n```\n```python\nb = 2\n```\n"
+    text = ("intro ```python inline``` text\n```python\na = 1\n```\n\n"
+            "```bash\nls\n```\n```python\nb = 2\n```\n")
     assert python_blocks(text) == [(3, "a = 1\n"), (10, "b = 2\n")]
+
+
+def test_broken_example_fails(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\nx = 1\n```\ntext\n```python\nassert x == 2, 'x is not 2'\n```\n")
+    with pytest.raises(pytest.fail.Exception, match=r"block 2 \(line 6\) failed: AssertionError: x is not 2"):
+        run_page(page)
+    page.write_text("no code here\n")
+    with pytest.raises(pytest.fail.Exception, match="no ```python blocks"):
+        run_page(page)
 
 
 @pytest.mark.parametrize("page", PAGES)
 def test_doc_examples_run(page):
-    path = DOCS / page
-    blocks = python_blocks(path.read_text())
-    assert blocks, f"{page} has no ```python blocks"
-    namespace: dict = {"__name__": f"docs_{page.removesuffix('.md')}"}
-    for i, (line, code) in enumerate(blocks, start=1):
-        try:
-            exec(compile(code, f"{path}:block{i}@line{line}", "exec"), namespace)
-        except Exception as err:  # noqa: BLE001 - re-raised with the block's location
-            pytest.fail(f"{page}: python block {i} (line {line}) failed: {type(err).__name__}: {err}",
-                        pytrace=True)
+    assert run_page(DOCS / page) >= 1
