@@ -164,7 +164,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
         attrs["bayesmoe_model"] = json.dumps(model.spec())
     if map_fit is not None:
         attrs["map_log_likelihood"] = map_fit.log_likelihood
-    dt = from_dict(data, coords=coords, dims=dims, attrs=attrs)
+    dt = from_dict(data, coords=coords, dims=dims, attrs={"/": attrs})
     if is_moe and relabel and model.n_experts > 1:
         from bayesmoe.inference.relabel import relabel as _relabel  # noqa: PLC0415
 
