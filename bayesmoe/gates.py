@@ -237,8 +237,11 @@ class Gaussian:
             priors, "gate_scale", dist.LogNormal(jnp.log(scale.sd / 2), 1.5), (K, d)))
         out = {"gate_weight": weight, "gate_loc": loc, "gate_scale": sd}
         if self.covariance == "full":
-            corr = numpyro.sample("gate_corr_chol", _priors.resolve(
-                priors, "gate_corr_chol", dist.LKJCholesky(d, 2.0), (K, d, d)))
+            if d == 1:  # a 1 x 1 correlation matrix is 1: nothing to sample
+                corr = jnp.ones((K, 1, 1), sd.dtype)
+            else:
+                corr = numpyro.sample("gate_corr_chol", _priors.resolve(
+                    priors, "gate_corr_chol", dist.LKJCholesky(d, 2.0), (K, d, d)))
             tril = sd[..., :, None] * corr
             out["gate_corr_chol"] = corr
             out["gate_cov"] = numpyro.deterministic("gate_cov", tril @ jnp.swapaxes(tril, -1, -2))
@@ -257,6 +260,8 @@ class Gaussian:
             out["gate_scale"] = jnp.asarray(params["gate_scale"])
             if self.covariance == "full":
                 out["gate_corr_chol"] = jnp.asarray(params["gate_corr_chol"])
+        if out["gate_loc"].shape[-1] == 1:
+            out.pop("gate_corr_chol", None)
         return out
 
     def n_params(self, n_experts: int, d: int) -> int:

@@ -114,7 +114,9 @@ class MoE:
         if isinstance(self.expert, _experts.Gaussian):
             names.add("expert_scale")
         if isinstance(self.gate, _gates.Gaussian):
-            names |= {"gate_weight", "gate_loc", "gate_scale", "gate_corr_chol"}
+            names |= {"gate_weight", "gate_loc", "gate_scale"}
+            if self.gate.covariance == "full":
+                names.add("gate_corr_chol")
         else:
             names |= {"gate_intercept", "gate_coef"}
         return names
@@ -179,7 +181,7 @@ class MoE:
         need |= {"expert_scale"} if not self.is_classifier else set()
         if isinstance(self.gate, _gates.Gaussian):
             need |= {"gate_weight", "gate_loc"}
-            if "gate_cov" not in params:
+            if self.gate.covariance == "diag" or "gate_cov" not in params:
                 need.add("gate_scale")
         else:
             need |= {"gate_intercept", "gate_coef"}

@@ -167,3 +167,21 @@ def _lkj_chol_logpdf(L, eta):
     # Beta(eta, eta) on (r + 1) / 2; the Cholesky map r -> L has Jacobian dL[1,0]/dr = 1.
     r = L[1, 0]
     return stats.beta(eta, eta).logpdf((r + 1) / 2) - np.log(2)
+
+
+def test_full_covariance_gate_with_one_input(rng):
+    """d = 1: the correlation factor is the constant 1, so only the scales are sampled."""
+    model = bm.MoE(bm.gates.Gaussian("full"), bm.experts.Gaussian(), n_experts=2)
+    params = {"gate_weight": np.array([0.4, 0.6]), "gate_loc": np.array([[-1.0], [1.0]]),
+              "gate_cov": np.array([[[0.5]], [[2.0]]]), "expert_intercept": np.array([0.0, 1.0]),
+              "expert_coef": np.array([[1.0], [-1.0]]), "expert_scale": np.array([0.5, 1.0])}
+    x, y = rng.normal(size=(20, 1)), rng.normal(size=20)
+    free = model.free_params(params)
+    assert "gate_corr_chol" not in free
+    lp = float(log_density(model, (x, y), {}, free)[0])
+    assert np.isfinite(lp)
+    want = ref.moe_log_lik("gaussian", "gaussian", params, x, y)
+    np.testing.assert_allclose(model.log_likelihood(params, x, y), want, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown site"):
+        bm.MoE(bm.gates.Gaussian("diag"), bm.experts.Gaussian(), 2,
+               priors={"gate_corr_chol": bm.priors.dist.LKJCholesky(2, 1.0)})
