@@ -148,9 +148,18 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         full0 = _stack([{k: jnp.asarray(v, dtype) for k, v in p.items()} for p in
                         [_full_params(model, obj.constrain(tfs, _index(u0, i)), x_j, y_j, kwargs)
                          for i in range(n_starts)]])
+        if n > 5 * screen_size and n_starts > 1:  # screen the starts on a subsample
+            idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
+            em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol,
+                        scale_floor=floor)
+            start_ll = np.asarray(em.log_likelihood)
+            best = int(np.nanargmax(start_ll))
+            full0 = {k: v[best:best + 1] for k, v in em.params.items()}
+            extra["screened_on"] = screen_size
         em = em_fit(model, x_j, y_j, full0, max_steps=max_steps, tol=tol, scale_floor=floor)
-        start_ll = np.asarray(em.log_likelihood)
-        best = int(np.nanargmax(start_ll))
+        if "screened_on" not in extra:
+            start_ll = np.asarray(em.log_likelihood)
+        best = int(np.nanargmax(np.asarray(em.log_likelihood)))
         best_full = _index(em.params, best)
         n_steps, converged = int(em.n_steps[best]), bool(em.converged[best])
         if prior:  # polish the EM answer on the posterior
