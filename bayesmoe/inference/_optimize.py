@@ -1,18 +1,45 @@
 """A compiled multi-start optimiser: optax L-BFGS (zoom line search) or Adam, starts vmapped.
 
 The loop runs as ``lax.while_loop`` over chunks of steps; between chunks control returns to Python
-only to advance a progress bar and to stop early once every start has converged.
+only to advance a progress bar and to stop early once every start has converged. The compiled
+functions are module-level with the objective as a static argument, so repeated fits of the same
+model on data of the same shapes compile once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import NamedTuple
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 from tqdm.auto import tqdm
+
+from bayesmoe.inference import _objective as obj
+
+
+@dataclass(frozen=True, eq=True)
+class Objective:
+    """Negative log joint (``prior=True``) or log-likelihood per observation, in unconstrained space.
+
+    Hashable (by model identity), so that it can be a static argument of the compiled loop.
+    """
+
+    model: Any
+    prior: bool
+
+    def transforms(self, x, y, kwargs, floors) -> dict:
+        return obj.transforms(obj.latent_sites(self.model, (x, y), kwargs), floors)
+
+    def __call__(self, u, x, y, kwargs, floors):
+        theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)
+        return -obj.log_joint(self.model, theta, (x, y), kwargs, self.prior) / x.shape[0]
+
+    def log_likelihood(self, u, x, y, kwargs, floors):
+        theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)
+        return obj.log_joint(self.model, theta, (x, y), kwargs, False)
 
 
 class OptState(NamedTuple):
@@ -25,24 +52,29 @@ class OptState(NamedTuple):
     grad_max: jnp.ndarray
 
 
-def make_optimizer(method: str, learning_rate: float) -> optax.GradientTransformation:
+def _optimizer(method: str, learning_rate: float) -> optax.GradientTransformation:
     if method == "lbfgs":
         return optax.lbfgs()
     return optax.adam(learning_rate)
 
 
-def run(objective: Callable, u0: dict, data: tuple, *, method: str, max_steps: int, tol: float,
-        gtol: float, learning_rate: float = 0.02, chunk: int = 50,
-        progress_bar: bool = False, desc: str = "fit") -> OptState:
-    """Minimise ``objective(u, *data)`` from every start in ``u0`` (leading axis S)."""
-    opt = make_optimizer(method, learning_rate)
+@partial(jax.jit, static_argnames=("objective", "method", "learning_rate"))
+def _init(objective, method, learning_rate, u0, data) -> OptState:
+    opt = _optimizer(method, learning_rate)
     S = jax.tree.leaves(u0)[0].shape[0]
+    values = jax.vmap(lambda u: objective(u, *data))(u0)
+    return OptState(u0, jax.vmap(opt.init)(u0), values, jnp.zeros(S, jnp.int32),
+                    jnp.zeros(S, jnp.int32), ~jnp.isfinite(values), jnp.full(S, jnp.inf, values.dtype))
 
-    def f(u, data):
-        return objective(u, *data)
 
-    def one_step(s: OptState, data) -> OptState:
-        fn = lambda u: f(u, data)
+@partial(jax.jit, static_argnames=("objective", "method", "learning_rate", "chunk", "max_steps",
+                                   "tol", "gtol"))
+def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, s: OptState,
+               data) -> OptState:
+    opt = _optimizer(method, learning_rate)
+
+    def one_step(s: OptState) -> OptState:
+        fn = lambda u: objective(u, *data)
         if method == "lbfgs":
             value, grad = optax.value_and_grad_from_state(fn)(s.u, state=s.opt)
             updates, new_opt = opt.update(grad, s.opt, s.u, value=value, grad=grad, value_fn=fn)
@@ -62,30 +94,34 @@ def run(objective: Callable, u0: dict, data: tuple, *, method: str, max_steps: i
                         s.steps + jnp.where(frozen, 0, 1), s.done | (done & ~frozen),
                         jnp.where(frozen, s.grad_max, gmax))
 
-    @jax.jit
-    def init(u0, data):
-        values = jax.vmap(lambda u: f(u, data))(u0)
-        return OptState(u0, jax.vmap(opt.init)(u0), values, jnp.zeros(S, jnp.int32),
-                        jnp.zeros(S, jnp.int32), ~jnp.isfinite(values), jnp.full(S, jnp.inf))
+    def body(c):
+        s, j = c
+        return jax.vmap(one_step)(s), j + 1
 
-    @jax.jit
-    def run_chunk(s: OptState, data) -> OptState:
-        def body(c):
-            s, j = c
-            return jax.vmap(one_step, in_axes=(0, None))(s, data), j + 1
+    def cond(c):
+        s, j = c
+        return (j < chunk) & ~jnp.all(s.done | (s.steps >= max_steps))
 
-        def cond(c):
-            s, j = c
-            return (j < chunk) & ~jnp.all(s.done | (s.steps >= max_steps))
+    return jax.lax.while_loop(cond, body, (s, 0))[0]
 
-        return jax.lax.while_loop(cond, body, (s, 0))[0]
 
-    state = init(u0, data)
+@partial(jax.jit, static_argnames=("objective",))
+def start_log_likelihoods(objective: Objective, u, data):
+    """Log-likelihood at every start's current point (leading start axis)."""
+    return jax.vmap(lambda v: objective.log_likelihood(v, *data))(u)
+
+
+def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: int, tol: float,
+        gtol: float, learning_rate: float = 0.02, chunk: int = 50,
+        progress_bar: bool = False, desc: str = "fit") -> OptState:
+    """Minimise ``objective(u, *data)`` from every start in ``u0`` (leading axis S)."""
+    state = _init(objective, method, float(learning_rate), u0, data)
     n_chunks = -(-max_steps // chunk)
     with tqdm(total=max_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
         done_steps = 0
         for _ in range(n_chunks):
-            state = run_chunk(state, data)
+            state = _run_chunk(objective, method, float(learning_rate), chunk, max_steps, float(tol),
+                               float(gtol), state, data)
             now = int(jnp.max(state.steps))
             bar.update(now - done_steps)
             done_steps = now

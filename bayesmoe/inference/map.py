@@ -135,9 +135,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
           * jax.random.normal(noise_keys[i], v.shape, dtype)
           for i, (k, v) in enumerate(u0.items())}
 
-    def objective(u, xd, yd, kw):
-        theta = obj.constrain(tfs, u)
-        return -obj.log_joint(model, theta, (xd, yd), kw, prior) / xd.shape[0]
+    objective = _optimize.Objective(model, bool(prior))
 
     n = xa.shape[0]
     extra: dict[str, Any] = {}
@@ -165,7 +163,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         if prior:  # polish the EM answer on the posterior
             u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
                                            model.free_params(best_full).items()})
-            st = _optimize.run(objective, _stack([u_best]), (x_j, y_j, kwargs), method="lbfgs",
+            st = _optimize.run(objective, _stack([u_best]), (x_j, y_j, kwargs, floors), method="lbfgs",
                                max_steps=500, tol=tol, gtol=gtol, progress_bar=progress_bar)
             u_best = _index(st.u, 0)
             n_steps += int(st.steps[0])
@@ -173,10 +171,10 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
             u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
                                            model.free_params(best_full).items()})
     else:
-        data = (x_j, y_j, kwargs)
+        data = (x_j, y_j, kwargs, floors)
         if n > 5 * screen_size and n_starts > 1:
             idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
-            sub = (x_j[idx], y_j[idx], kwargs)
+            sub = (x_j[idx], y_j[idx], kwargs, floors)
             st = _optimize.run(objective, u0, sub, method=method, max_steps=max_steps, tol=tol,
                                gtol=gtol, learning_rate=learning_rate, progress_bar=progress_bar,
                                desc="screen starts")
@@ -196,9 +194,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         n_steps, converged = int(st.steps[best_i]), bool(st.done[best_i])
         if start_ll is None:
             # per-start log-likelihoods (MAP: the likelihood part at each start's optimum)
-            start_ll = np.array([float(obj.log_joint(model, obj.constrain(tfs, _index(st.u, i)),
-                                                     (x_j, y_j), kwargs, False))
-                                 for i in range(n_starts)])
+            start_ll = np.asarray(_optimize.start_log_likelihoods(objective, st.u, data))
 
     theta = obj.constrain(tfs, u_best)
     ll = float(obj.log_joint(model, theta, (x_j, y_j), kwargs, False))
