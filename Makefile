@@ -37,7 +37,7 @@ test: venv
 	MPLBACKEND=Agg $(PY) -m pytest -q tests
 
 demo: venv
-	MPLBACKEND=Agg $(PY) examples/quickstart.py --quick
+	MPLBACKEND=Agg $(PY) examples/quickstart.py
 
 lint: venv
 	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks

@@ -1,6 +1,7 @@
-"""The examples run end to end (their --quick mode) and write their figures."""
+"""The quickstart runs end to end (its --quick mode) and writes its figures."""
 
 import importlib.util
+import re
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -26,5 +27,10 @@ def _assert_figure(path):
 
 def test_quickstart(tmp_path, capsys):
     _load("quickstart").main(["--quick", "--out", str(tmp_path)])
-    _assert_figure(tmp_path / "data_and_truth.png")
-    assert "mean log-likelihood" in capsys.readouterr().out
+    _assert_figure(tmp_path / "fit_and_gates.png")
+    _assert_figure(tmp_path / "trace.png")
+    out = capsys.readouterr().out
+    m = re.search(r"MAP log-likelihood: (-?[\d.]+) truth: (-?[\d.]+)", out)
+    assert m, out
+    assert float(m.group(1)) >= float(m.group(2)) - 5
+    assert "divergences: 0" in out
