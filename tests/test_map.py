@@ -99,7 +99,8 @@ def _standard_errors(model, params, x, y):
         full = dict(params)
         if "gate_intercept_free" in f:
             full["gate_intercept"] = jnp.append(f["gate_intercept_free"], 0.0)
-            full["gate_coef"] = jnp.vstack([f["gate_coef_free"], jnp.zeros((1, f["gate_coef_free"].shape[1]))])
+            w = f["gate_coef_free"]
+            full["gate_coef"] = jnp.vstack([w, jnp.zeros((1, w.shape[1]))])
         for k in ("gate_loc", "gate_scale", "expert_intercept", "expert_coef", "expert_scale"):
             if k in f:
                 full[k] = f[k]

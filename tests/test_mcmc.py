@@ -99,7 +99,8 @@ def test_reproducible(ref_frame):
     x, y = ref_frame[["x"]].to_numpy()[:300], ref_frame["y"].to_numpy()[:300]
     a = _tiny(model, x, y, seed=4)
     b = _tiny(model, x, y, seed=4)
-    np.testing.assert_array_equal(a.posterior["expert_coef"].to_numpy(), b.posterior["expert_coef"].to_numpy())
+    np.testing.assert_array_equal(a.posterior["expert_coef"].to_numpy(),
+                                  b.posterior["expert_coef"].to_numpy())
 
 
 def test_user_model_and_classifier_dims():
