@@ -83,8 +83,8 @@ def run_one(args, router: str, seed: int, train_ids, test_ids, vocab_size: int) 
     res = train(model, train_ids, cfg)
     train_s = time.perf_counter() - t0
     ev = evaluate_bpc(model, test_ids, args.eval_ks, args.seq_len, 32, args.eval_max_tokens)
-    n_router = sum(int(np.prod(v.shape)) for _, v in nnx.state(
-        [m.router for m in model.moe_layers()], nnx.Param).flat_state())
+    routers = nnx.state(nnx.List([m.router for m in model.moe_layers()]), nnx.Param)
+    n_router = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(routers))
     return {
         "router": router, "seed": seed, "train_seconds": train_s,
         "train_loss_first": res["history"][0]["ce"], "train_loss_last": res["history"][-1]["ce"],
@@ -151,20 +151,30 @@ def main(argv=None) -> dict:
     args.out.mkdir(parents=True, exist_ok=True)
     ids, vocab = encode(load_bytes(args.data))
     train_ids, _valid_ids, test_ids = split(ids)
-    res_path = args.out / "results.json"
-    results = json.loads(res_path.read_text())["runs"] if res_path.exists() else []
     meta = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     meta.update(n_bytes=len(ids), vocab=len(vocab), n_test=len(test_ids))
+    run_dir = args.out / "runs"  # one file per finished run: processes can run in parallel
+    run_dir.mkdir(exist_ok=True)
     for seed in args.seeds:
         for router in args.routers:
-            if any(r["router"] == router and r["seed"] == seed for r in results):
+            path = run_dir / f"{router}_s{seed}.json"
+            if path.exists():
                 continue
             print(f"== {ROUTERS[router]} seed {seed}", flush=True)
-            results.append(run_one(args, router, seed, train_ids, test_ids, len(vocab)))
-            r = results[-1]
+            r = run_one(args, router, seed, train_ids, test_ids, len(vocab))
             print(f"   train {r['train_seconds']:.0f}s, loss {r['train_loss_first']:.3f} -> "
                   f"{r['train_loss_last']:.3f}, test BPC {r['test']['bpc']}", flush=True)
-            res_path.write_text(json.dumps({"args": meta, "runs": results}, indent=1))
+            path.write_text(json.dumps(r, indent=1))
+    found = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*_s*.json"))]
+    found = [r for r in found if r["router"] in args.routers]
+    # compare on the seeds finished by every router only
+    common = set.intersection(*({r["seed"] for r in found if r["router"] == rt}
+                                for rt in args.routers))
+    results = [r for r in found if r["seed"] in common]
+    (args.out / "results.json").write_text(json.dumps({"args": meta, "runs": results}, indent=1))
+    if not results:
+        print("no seed finished by every router yet")
+        return {"runs": [], "summary": {}}
     summary = summarize(results, args.eval_ks)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     tab = table(summary, args.eval_ks)

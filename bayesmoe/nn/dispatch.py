@@ -34,7 +34,7 @@ Array = jax.Array
 Act = Callable[[Array], Array]
 
 
-def _constrain(a: Array, spec: tuple) -> Array:
+def constrain(a: Array, spec: tuple) -> Array:
     """Shard ``a`` as ``spec`` if a mesh with those axis names is set, else no-op."""
     mesh = jax.sharding.get_abstract_mesh()
     names = set(getattr(mesh, "axis_names", ()) or ())
@@ -48,7 +48,7 @@ def dense_dispatch(x: Array, gates: Array, idx: Array, w: ExpertWeights, act: Ac
     n_experts = w.w_in.shape[0]
     combine = jnp.einsum("tk,tke->te", gates, jax.nn.one_hot(idx, n_experts, dtype=gates.dtype))
     xe = jnp.broadcast_to(x[None], (n_experts, *x.shape))
-    ye = expert_ffn(_constrain(xe, ("expert", None, None)), w, act)  # (E, T, d)
+    ye = expert_ffn(constrain(xe, ("expert", None, None)), w, act)  # (E, T, d)
     return jnp.einsum("te,etd->td", combine.astype(ye.dtype), ye), jnp.zeros((), jnp.float32)
 
 
@@ -149,8 +149,8 @@ def capacity_gather_dispatch(
     size = n_experts * capacity
     buf_token = jnp.full((size + 1,), n_tokens, jnp.int32).at[slot].set(token)[:size]
     x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
-    xb = _constrain(x_pad[buf_token].reshape(n_experts, capacity, d), ("expert", None, None))
-    yb = _constrain(expert_ffn(xb, w, act), ("expert", None, None))
+    xb = constrain(x_pad[buf_token].reshape(n_experts, capacity, d), ("expert", None, None))
+    yb = constrain(expert_ffn(xb, w, act), ("expert", None, None))
     y_pad = jnp.concatenate([yb.reshape(size, d), jnp.zeros((1, d), yb.dtype)])
     y_copy = y_pad[slot].reshape(k, n_tokens, d)
     y = jnp.einsum("tk,ktd->td", gates.astype(y_copy.dtype), y_copy)
@@ -170,7 +170,7 @@ def capacity_einsum_dispatch(
     oh = oh.reshape(k, n_tokens, n_experts, capacity)
     dispatch = jnp.sum(oh, axis=0)
     combine = jnp.einsum("tk,ktec->tec", gates.astype(x.dtype), oh)
-    xb = _constrain(jnp.einsum("tec,td->ecd", dispatch, x), ("expert", None, None))
+    xb = constrain(jnp.einsum("tec,td->ecd", dispatch, x), ("expert", None, None))
     yb = expert_ffn(xb, w, act)
     y = jnp.einsum("tec,ecd->td", combine, yb)
     return y, 1.0 - jnp.mean(keep.astype(jnp.float32))

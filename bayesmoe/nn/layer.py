@@ -119,7 +119,7 @@ class SparseMoE(nnx.Module):
         if x.ndim < 1 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: last dimension must be d_model={self.d_model}, got {x.shape}")
         lead = x.shape[:-1]
-        xt = x.reshape(-1, self.d_model)
+        xt = dispatch.constrain(x.reshape(-1, self.d_model), ("data", None))
         logits = self.router(xt)
         gates, idx = top_k_gates(logits, k)
         y, dropped = self._dispatch(xt, gates, idx, k)

@@ -38,7 +38,8 @@ def make_mesh(n_data: int | None = None, n_expert: int = 1, devices=None) -> Mes
 
 
 def _spec(path: tuple, value, n_expert_axis: int) -> PartitionSpec:
-    names = [str(getattr(p, "key", p)) for p in path]
+    # State paths end in GetAttrKey("value") (the Variable's payload): keep dict keys only
+    names = [str(p.key) for p in path if isinstance(p, jax.tree_util.DictKey)]
     if names and names[-1] in EXPERT_PARAMS and "experts" in names:
         n_exp = value.shape[0]
         if n_exp % n_expert_axis == 0:

@@ -10,6 +10,7 @@ and the number of active experts k growing linearly during training from ``k_min
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import time
@@ -46,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 0
     progress: bool = True
     metrics_path: str | None = None
+    stop_at: int | None = None  # end this call early at this step (chunked/preempted jobs)
 
 
 def k_schedule(step: int, total_steps: int, k_min: int, k_max: int) -> int:
@@ -57,15 +59,21 @@ def k_schedule(step: int, total_steps: int, k_min: int, k_max: int) -> int:
     return min(k_max, k_min + math.floor((k_max - k_min + 1) * frac))
 
 
+@functools.lru_cache(maxsize=32)
+def _transform(lr: float, warmup: int, steps: int, clip: float) -> optax.GradientTransformation:
+    # cached so that equal configs give the *same* object: the optimizer's graphdef (which
+    # holds ``tx``) then matches and the jitted train step is not recompiled per run
+    if warmup > 0:
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, steps)
+    else:
+        schedule = optax.cosine_decay_schedule(lr, steps)
+    return optax.chain(optax.clip_by_global_norm(clip), optax.adam(schedule))
+
+
 def make_optimizer(model: nnx.Module, config: TrainConfig) -> nnx.Optimizer:
     """``clip_by_global_norm`` then Adam with (warmup +) cosine decay, on ``nnx.Param`` only."""
-    if config.warmup_steps > 0:
-        lr = optax.warmup_cosine_decay_schedule(
-            0.0, config.learning_rate, config.warmup_steps, config.steps
-        )
-    else:
-        lr = optax.cosine_decay_schedule(config.learning_rate, config.steps)
-    tx = optax.chain(optax.clip_by_global_norm(config.clip_norm), optax.adam(lr))
+    tx = _transform(float(config.learning_rate), int(config.warmup_steps), int(config.steps),
+                    float(config.clip_norm))
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
 
 
@@ -83,7 +91,7 @@ def train_step(model: TransformerLM, optimizer: nnx.Optimizer, tokens: Array, to
     (loss, (ce, aux)), grads = grad_fn(model)
     optimizer.update(model, grads)
     return {"loss": loss, "ce": ce, "entropy": aux.entropy, "balance": aux.balance_loss,
-            "grad_norm": optax.global_norm(grads)}
+            "grad_norm": optax.tree.norm(grads)}
 
 
 @nnx.jit(static_argnames=("top_k",))
@@ -202,7 +210,8 @@ def train(
         shard_model(optimizer, mesh)
     model.train()
     t0 = time.perf_counter()
-    bar = tqdm(range(start, config.steps), total=config.steps, initial=start,
+    end = config.steps if config.stop_at is None else min(config.steps, config.stop_at)
+    bar = tqdm(range(start, end), total=config.steps, initial=start,
                disable=not config.progress, desc="train", mininterval=2.0)
     pending = []
     for step in bar:
@@ -211,7 +220,7 @@ def train(
         batch = jnp.asarray(batch) if mesh is None else shard_batch(batch, mesh)
         pending.append((step + 1, k, train_step(model, optimizer, batch, top_k=k)))
         done = step + 1
-        if done % config.log_every == 0 or done == config.steps:
+        if done % config.log_every == 0 or done == end:
             for s, kk, m in pending:
                 rec = {"step": s, "k": kk, **{n: float(v) for n, v in m.items()}}
                 rec["time"] = time.perf_counter() - t0
@@ -219,11 +228,11 @@ def train(
             pending = []
             bar.set_postfix(loss=f"{history[-1]['loss']:.3f}", k=k)
         if config.checkpoint_dir and config.checkpoint_every and (
-            done % config.checkpoint_every == 0 or done == config.steps
+            done % config.checkpoint_every == 0 or done == end
         ):
             save_checkpoint(config.checkpoint_dir, done, model, optimizer, history)
     bar.close()
-    result = {"history": history, "step": config.steps, "config": dataclasses.asdict(config)}
+    result = {"history": history, "step": max(start, end), "config": dataclasses.asdict(config)}
     if valid_data is not None:
         result["valid"] = evaluate_bpc(model, valid_data, [k_max], config.seq_len)
     if config.metrics_path:
