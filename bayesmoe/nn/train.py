@@ -9,6 +9,7 @@ and the number of active experts k growing linearly during training from ``k_min
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -180,39 +181,11 @@ def restore_checkpoint(directory: str | Path, model, optimizer) -> tuple[int, li
     return int(step), [h for h in history if h["step"] <= step]
 
 
-def train(
-    model: TransformerLM,
-    train_data: np.ndarray,
-    config: TrainConfig,
-    *,
-    valid_data: np.ndarray | None = None,
-    mesh: jax.sharding.Mesh | None = None,
-) -> dict:
-    """Train ``model`` in place; resumes from ``config.checkpoint_dir`` if it holds one.
+def _loop(model, optimizer, train_data, config, bar, k_min, k_max, mesh, history, end):
+    """The step loop of :func:`train` (logging every ``log_every``, checkpoints)."""
+    from bayesmoe.nn.sharding import shard_batch
 
-    With ``mesh`` (axes "data" and optionally "expert", see :func:`make_mesh`) the
-    model state is sharded by :func:`shard_model` and each batch is split over "data"
-    (data-parallel step; experts sharded over "expert").
-
-    Returns ``{"history": [per-log-step metrics], "step": final step, "valid": ...}``.
-    """
-    from bayesmoe.nn.sharding import shard_batch, shard_model
-
-    default_k = model.moe_layers()[0].top_k if model.moe_layers() else 1
-    k_min = config.k_min if config.k_min is not None else default_k
-    k_max = config.k_max if config.k_max is not None else k_min
-    optimizer = make_optimizer(model, config)
-    start, history = 0, []
-    if config.checkpoint_dir:
-        start, history = restore_checkpoint(config.checkpoint_dir, model, optimizer)
-    if mesh is not None:
-        shard_model(model, mesh)
-        shard_model(optimizer, mesh)
-    model.train()
     t0 = time.perf_counter()
-    end = config.steps if config.stop_at is None else min(config.steps, config.stop_at)
-    bar = tqdm(range(start, end), total=config.steps, initial=start,
-               disable=not config.progress, desc="train", mininterval=2.0)
     pending = []
     for step in bar:
         k = k_schedule(step, config.steps, k_min, k_max)
@@ -231,6 +204,46 @@ def train(
             done % config.checkpoint_every == 0 or done == end
         ):
             save_checkpoint(config.checkpoint_dir, done, model, optimizer, history)
+    return history
+
+
+def train(
+    model: TransformerLM,
+    train_data: np.ndarray,
+    config: TrainConfig,
+    *,
+    valid_data: np.ndarray | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
+    """Train ``model`` in place; resumes from ``config.checkpoint_dir`` if it holds one.
+
+    With ``mesh`` (axes "data" and optionally "expert", see :func:`make_mesh`) the
+    model state is sharded by :func:`shard_model` and each batch is split over "data"
+    (data-parallel step; experts sharded over "expert").
+
+    Returns ``{"history": [per-log-step metrics], "step": final step, "valid": ...}``.
+    """
+    from bayesmoe.nn.sharding import shard_model
+
+    default_k = model.moe_layers()[0].top_k if model.moe_layers() else 1
+    k_min = config.k_min if config.k_min is not None else default_k
+    k_max = config.k_max if config.k_max is not None else k_min
+    optimizer = make_optimizer(model, config)
+    start, history = 0, []
+    if config.checkpoint_dir:
+        start, history = restore_checkpoint(config.checkpoint_dir, model, optimizer)
+    if mesh is not None:
+        shard_model(model, mesh)
+        shard_model(optimizer, mesh)
+    model.train()
+    end = config.steps if config.stop_at is None else min(config.steps, config.stop_at)
+    bar = tqdm(range(start, end), total=config.steps, initial=start,
+               disable=not config.progress, desc="train", mininterval=2.0)
+    with contextlib.ExitStack() as stack:
+        if mesh is not None:  # lets the layer's sharding constraints see the mesh axes
+            stack.enter_context(jax.sharding.set_mesh(mesh))
+        history = _loop(model, optimizer, train_data, config, bar, k_min, k_max, mesh,
+                        history, end)
     bar.close()
     result = {"history": history, "step": max(start, end), "config": dataclasses.asdict(config)}
     if valid_data is not None:

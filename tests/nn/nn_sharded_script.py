@@ -40,11 +40,7 @@ def main() -> None:
     for name, m in (("single", None), ("mesh", mesh)):
         model = TransformerLM(len(vocab), 16, 2, 2, 32, 4, 2, router="hyper", impl="capacity",
                               max_len=16, dropout=0.0, rngs=nnx.Rngs(0))
-        if m is None:
-            hist = train(model, train_ids, cfg)["history"]
-        else:
-            with jax.sharding.set_mesh(m):
-                hist = train(model, train_ids, cfg, mesh=m)["history"]
+        hist = train(model, train_ids, cfg, mesh=m)["history"]
         losses[name] = [h["loss"] for h in hist]
         if m is not None:
             out["lm_expert_spec"] = str(model.blocks[0].ffn.experts.w_out[...].sharding.spec)
