@@ -54,6 +54,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2.5e-4)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--impl", default="dense", choices=["dense", "sorted", "capacity"])
+    p.add_argument("--hyper-init-std", type=float, default=0.02,
+                   help="std of HyperRouter's frozen hypernetwork weights (paper: 0.02)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -70,6 +72,8 @@ def run_one(args, router: str, seed: int, train_ids, test_ids, vocab_size: int) 
     model = TransformerLM(
         vocab_size, args.d_model, args.n_heads, args.n_layers, args.d_ff, args.n_experts,
         args.k_max, router=router, impl=args.impl, max_len=args.seq_len, dropout=args.dropout,
+        moe_kwargs={"router_kwargs": {"init_std": args.hyper_init_std}} if router == "hyper"
+        else None,
         rngs=nnx.Rngs(seed),
     )
     cfg = TrainConfig(

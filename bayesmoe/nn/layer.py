@@ -57,6 +57,8 @@ class SparseMoE(nnx.Module):
         block_size: row block of the CPU "sorted" path.
         balance_weight, z_weight: weights of the Switch balancing loss and the
             router z-loss in ``aux.loss`` (both 0 in the HyperRouter recipe).
+        router_kwargs: extra arguments for a router built by name (e.g.
+            ``{"hyper_hidden": 128, "init_std": 0.04}`` for "hyper").
     """
 
     def __init__(
@@ -73,6 +75,7 @@ class SparseMoE(nnx.Module):
         block_size: int = 256,
         balance_weight: float = 0.0,
         z_weight: float = 0.0,
+        router_kwargs: dict | None = None,
         rngs: nnx.Rngs,
     ):
         for name, v in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
@@ -95,7 +98,8 @@ class SparseMoE(nnx.Module):
         # the router draws from its own sub-stream (one key of ``rngs``), so that models
         # differing only in router type share every other initial weight
         router_rngs = nnx.Rngs(params=rngs.params())
-        self.router = make_router(router, d_model, n_experts, rngs=router_rngs)
+        self.router = make_router(router, d_model, n_experts, rngs=router_rngs,
+                                  **(router_kwargs or {}))
         self.experts = Experts(d_model, d_ff, n_experts, rngs=rngs)
 
     def _dispatch(self, x: Array, gates: Array, idx: Array, k: int):

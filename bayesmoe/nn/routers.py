@@ -153,8 +153,11 @@ class HyperRouter(Router):
 ROUTERS = {"linear": LinearRouter, "random": RandomRouter, "hyper": HyperRouter}
 
 
-def make_router(kind: str | Router, d_model: int, n_experts: int, *, rngs: nnx.Rngs) -> Router:
-    """Build a router from its name ("linear", "random", "hyper") or check an instance."""
+def make_router(
+    kind: str | Router, d_model: int, n_experts: int, *, rngs: nnx.Rngs, **kwargs
+) -> Router:
+    """Build a router from its name ("linear", "random", "hyper") or check an instance;
+    ``kwargs`` go to the router's constructor."""
     if isinstance(kind, Router):
         if kind.d_model != d_model or kind.n_experts != n_experts:
             raise ValueError(
@@ -164,4 +167,4 @@ def make_router(kind: str | Router, d_model: int, n_experts: int, *, rngs: nnx.R
         return kind
     if kind not in ROUTERS:
         raise ValueError(f"router must be one of {sorted(ROUTERS)} or a Router, got {kind!r}")
-    return ROUTERS[kind](d_model, n_experts, rngs=rngs)
+    return ROUTERS[kind](d_model, n_experts, rngs=rngs, **kwargs)
