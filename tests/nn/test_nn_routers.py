@@ -120,3 +120,12 @@ def test_router_errors():
     with pytest.raises(ValueError, match="router"):
         SparseMoE(D, 16, E, 2, router=LinearRouter(D, E + 1, rngs=nnx.Rngs(0)),
                   rngs=nnx.Rngs(0))
+
+
+def test_router_kwargs_reach_the_hyper_router():
+    layer = SparseMoE(D, 16, E, 2, router="hyper", rngs=nnx.Rngs(0),
+                      router_kwargs={"hyper_hidden": 7, "init_std": 0.5})
+    assert layer.router.w1.shape == (D, 7)
+    assert 0.3 < float(jnp.std(layer.router.w2[...])) < 0.7
+    with pytest.raises(TypeError):
+        SparseMoE(D, 16, E, 2, router="linear", rngs=nnx.Rngs(0), router_kwargs={"x": 1})
