@@ -93,6 +93,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         ya = as_y_real(y, xa.shape[0], "y") if np.asarray(y).dtype.kind == "f" else np.asarray(y)
     else:
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
+    n = xa.shape[0]
     if init is not None and isinstance(model, MoE):
         model._check_params(init, xa.shape[1])
     dtype = jnp.result_type(float)
@@ -107,7 +108,11 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         kwargs = {"data_scale": model.data_scale(xa, ya)}
         floors = _floors(model, xa, ya, scale_floor)
         starts = [init] if init is not None else []
-        starts += data_starts(model, xa, ya, n_starts - len(starts), seed)
+        if n > screen_size:  # starts need the data's shape, not all of it
+            sub = np.sort(np.random.default_rng(seed + 1).choice(n, screen_size, replace=False))
+            starts += data_starts(model, xa[sub], ya[sub], n_starts - len(starts), seed)
+        else:
+            starts += data_starts(model, xa, ya, n_starts - len(starts), seed)
         starts_free = [model.free_params(p) for p in starts]
     else:
         kwargs, floors = {}, {}
@@ -137,7 +142,6 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
 
     objective = _optimize.Objective(model, bool(prior))
 
-    n = xa.shape[0]
     extra: dict[str, Any] = {}
     if method == "em":
         from bayesmoe.inference.em import em_fit  # noqa: PLC0415
