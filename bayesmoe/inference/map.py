@@ -8,7 +8,7 @@ together (``vmap``) in a compiled loop (optax L-BFGS with zoom line search, or A
 ``method="em"`` the EM algorithm of :mod:`bayesmoe.inference.em` is used (and, for MAP, its answer is
 polished by L-BFGS on the posterior).
 
-For large data (``n > 5 * screen_size``) all starts run first on a random subsample of
+For large data (``n > 2 * screen_size``) all starts run first on a random subsample of
 ``screen_size`` observations, and only the best is refined on the full data.
 """
 
@@ -78,7 +78,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     :param max_steps: iteration cap (default 500 for lbfgs, 3000 for adam, 2000 for em).
     :param tol: relative change of the objective to stop at (default 1e-7 in float32, 1e-12 in x64).
     :param scale_floor: lower bound of expert / gate standard deviations, relative to the data's sd.
-    :param screen_size: above ``5 * screen_size`` observations, starts are screened on a subsample.
+    :param screen_size: above ``2 * screen_size`` observations, starts are screened on a subsample.
     :returns: a :class:`FitResult` with ``params`` keyed by the site names of DESIGN.md.
     """
     _check_args(method, n_starts, max_steps, tol, seed)
@@ -150,7 +150,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         full0 = _stack([{k: jnp.asarray(v, dtype) for k, v in p.items()} for p in
                         [_full_params(model, obj.constrain(tfs, _index(u0, i)), x_j, y_j, kwargs)
                          for i in range(n_starts)]])
-        if n > 5 * screen_size and n_starts > 1:  # screen the starts on a subsample
+        if n > 2 * screen_size and n_starts > 1:  # screen the starts on a subsample
             idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
             em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol,
                         scale_floor=floor)
@@ -176,7 +176,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                                            model.free_params(best_full).items()})
     else:
         data = (x_j, y_j, kwargs, floors)
-        if n > 5 * screen_size and n_starts > 1:
+        if n > 2 * screen_size and n_starts > 1:
             idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
             sub = (x_j[idx], y_j[idx], kwargs, floors)
             st = _optimize.run(objective, u0, sub, method=method, max_steps=max_steps, tol=tol,
