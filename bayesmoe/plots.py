@@ -174,6 +174,15 @@ def _source(params, idata, band) -> str:
 
 
 # ----------------------------------------------------------------------------- plot_fit
+def _curve_with_band(ax, gx, point, lo, hi, field: str, j: int, color, label: str, gid: str,
+                     band_gid: str, lw: float = 2.0) -> None:
+    """Line of ``point.<field>[:, j]`` and, when posterior quantiles exist, its shaded band."""
+    if lo is not None:
+        ax.fill_between(gx, getattr(lo, field)[:, j], getattr(hi, field)[:, j], color=color,
+                        alpha=0.25, lw=0, gid=band_gid)
+    ax.plot(gx, getattr(point, field)[:, j], color=color, lw=lw, label=label, gid=gid)
+
+
 def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=None, ax=None,
              n_grid: int = 200, band: float = 0.89, n_draws: int | None = 200, seed: int = 0):
     r"""Plot the data and the fitted model; returns the matplotlib ``Axes``.
@@ -221,11 +230,8 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
         colors = _colors(C, offset=model.n_experts)
         jitter = np.random.default_rng(seed).uniform(-0.012, 0.012, size=y.shape[0])
         for c in range(C):
-            if lo is not None:
-                ax.fill_between(gx, lo.class_probs[:, c], hi.class_probs[:, c], color=colors[c],
-                                alpha=0.25, lw=0, gid=f"class_band_{c}")
-            ax.plot(gx, point.class_probs[:, c], color=colors[c], lw=2, label=f"p(y = {c} | x)",
-                    gid=f"class_prob_{c}")
+            _curve_with_band(ax, gx, point, lo, hi, "class_probs", c, colors[c], f"p(y = {c} | x)",
+                             f"class_prob_{c}", f"class_band_{c}")
             sel = y == c
             ax.scatter(x[sel, 0], -0.05 - 0.05 * c + jitter[sel], s=6, marker="|", color=colors[c],
                        alpha=0.7, gid=f"data_class_{c}")
@@ -236,11 +242,8 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
         colors = _colors(model.n_experts)
         ax.scatter(x[:, 0], y, s=7, color="0.55", alpha=0.5, lw=0, label="data", gid="data")
         for k in range(model.n_experts):
-            if lo is not None:
-                ax.fill_between(gx, lo.expert_mean[:, k], hi.expert_mean[:, k], color=colors[k],
-                                alpha=0.25, lw=0, gid=f"expert_band_{k}")
-            ax.plot(gx, point.expert_mean[:, k], color=colors[k], lw=1.8, label=f"expert {k}",
-                    gid=f"expert_mean_{k}")
+            _curve_with_band(ax, gx, point, lo, hi, "expert_mean", k, colors[k], f"expert {k}",
+                             f"expert_mean_{k}", f"expert_band_{k}", lw=1.8)
         if lo is not None:
             ax.fill_between(gx, lo.mean, hi.mean, color="k", alpha=0.2, lw=0, gid="mixture_band")
         ax.plot(gx, point.mean, "k--", lw=1.8, label="mixture mean", gid="mixture_mean")
@@ -321,11 +324,8 @@ def plot_gates(model: MoE, x: Any, *, params: dict | None = None, idata=None, ax
         gx = grid[:, 0]
         point, lo, hi = _curves(model, grid, params, idata, n_draws, seed, band)
         for k in range(K):
-            if lo is not None:
-                ax.fill_between(gx, lo.gate_probs[:, k], hi.gate_probs[:, k], color=colors[k],
-                                alpha=0.25, lw=0, gid=f"gate_band_{k}")
-            ax.plot(gx, point.gate_probs[:, k], color=colors[k], lw=2, label=f"g_{k}(x)",
-                    gid=f"gate_{k}")
+            _curve_with_band(ax, gx, point, lo, hi, "gate_probs", k, colors[k], f"g_{k}(x)",
+                             f"gate_{k}", f"gate_band_{k}")
         if show_data:
             ax.plot(x[:, 0], np.full(x.shape[0], -0.03), "|", color="0.3", ms=6, alpha=0.5,
                     gid="data")
