@@ -56,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--impl", default="dense", choices=["dense", "sorted", "capacity"])
     p.add_argument("--hyper-init-std", type=float, default=0.02,
                    help="std of HyperRouter's frozen hypernetwork weights (paper: 0.02)")
+    p.add_argument("--also", action="append", default=[], metavar="DIR=LABEL",
+                   help="add the HyperRouter runs of another --out DIR to table and plot")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     if args.quick:
@@ -99,7 +101,8 @@ def run_one(args, router: str, seed: int, train_ids, test_ids, vocab_size: int) 
 def summarize(results: list[dict], ks: list[int]) -> dict:
     """Mean and std over seeds of test BPC and router entropy, per router and k."""
     out = {}
-    for router in ROUTERS:
+    present = dict.fromkeys(r["router"] for r in results)
+    for router in [r for r in ROUTERS if r in present] + [r for r in present if r not in ROUTERS]:
         rs = [r for r in results if r["router"] == router]
         if not rs:
             continue
@@ -119,7 +122,7 @@ def table(summary: dict, ks: list[int]) -> str:
     for router, s in summary.items():
         cells = [f"{s['bpc'][k][0]:.3f} ± {s['bpc'][k][1]:.3f}" for k in ks]
         ent = s["entropy"][ks[-1]]
-        lines.append(f"| {ROUTERS[router]} | " + " | ".join(cells) + f" | {ent[0]:.3f} |")
+        lines.append(f"| {ROUTERS.get(router, router)} | " + " | ".join(cells) + f" | {ent[0]:.3f} |")
     n = max(v[2] for s in summary.values() for v in s["bpc"].values())
     lines.append(f"\n(mean ± std over {n} seed(s); entropy in nats, max ln E)")
     return "\n".join(lines)
@@ -135,8 +138,9 @@ def plot(summary: dict, ks: list[int], n_experts: int, path: Path) -> None:
     for router, s in summary.items():
         m = [s["bpc"][k][0] for k in ks]
         e = [s["bpc"][k][1] for k in ks]
-        a1.errorbar(ks, m, yerr=e, marker="o", capsize=3, label=ROUTERS[router])
-        a2.plot(ks, [s["entropy"][k][0] for k in ks], marker="o", label=ROUTERS[router])
+        label = ROUTERS.get(router, router)
+        a1.errorbar(ks, m, yerr=e, marker="o", capsize=3, label=label)
+        a2.plot(ks, [s["entropy"][k][0] for k in ks], marker="o", label=label)
     a1.set(xscale="log", xlabel="experts active at inference (k)", ylabel="test BPC",
            title="Test bits per character")
     a2.axhline(math.log(n_experts), color="grey", ls=":", label="ln E (uniform)")
@@ -179,6 +183,10 @@ def main(argv=None) -> dict:
     if not results:
         print("no seed finished by every router yet")
         return {"runs": [], "summary": {}}
+    for spec in args.also:  # e.g. a HyperRouter variant trained in another directory
+        other, label = spec.split("=", 1)
+        extra = [json.loads(p.read_text()) for p in sorted(Path(other, "runs").glob("hyper_s*"))]
+        results += [dict(r, router=label) for r in extra if r["seed"] in common]
     summary = summarize(results, args.eval_ks)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     tab = table(summary, args.eval_ks)
