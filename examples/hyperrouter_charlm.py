@@ -170,6 +170,7 @@ def main(argv=None) -> dict:
                 continue
             print(f"== {ROUTERS[router]} seed {seed}", flush=True)
             r = run_one(args, router, seed, train_ids, test_ids, len(vocab))
+            r["args"] = meta  # the settings this run was trained with
             print(f"   train {r['train_seconds']:.0f}s, loss {r['train_loss_first']:.3f} -> "
                   f"{r['train_loss_last']:.3f}, test BPC {r['test']['bpc']}", flush=True)
             path.write_text(json.dumps(r, indent=1))
@@ -179,6 +180,7 @@ def main(argv=None) -> dict:
     common = set.intersection(*({r["seed"] for r in found if r["router"] == rt}
                                 for rt in args.routers))
     results = [r for r in found if r["seed"] in common]
+    # "args": the settings of this (summarising) call; each run keeps its own under "args"
     (args.out / "results.json").write_text(json.dumps({"args": meta, "runs": results}, indent=1))
     if not results:
         print("no seed finished by every router yet")
