@@ -1,11 +1,42 @@
-"""bayesmoe: Bayesian mixture-of-experts models for NumPyro, optax and ArviZ."""
+"""bayesmoe: Bayesian mixture-of-experts models for NumPyro, optax and ArviZ, and a Flax sparse-MoE layer.
 
-from bayesmoe import datasets, experts, gates, priors
-from bayesmoe.distributions import MixtureOfExperts
-from bayesmoe.inference import FitResult, fit_map, fit_mle, sample, set_host_device_count
-from bayesmoe.model import MoE, Prediction, Simulation
+The public names are imported on first use, so that ``import bayesmoe.nn`` (Flax only) does not load
+NumPyro or ArviZ.
+"""
+
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "MoE": "bayesmoe.model",
+    "Prediction": "bayesmoe.model",
+    "Simulation": "bayesmoe.model",
+    "MixtureOfExperts": "bayesmoe.distributions",
+    "FitResult": "bayesmoe.inference",
+    "fit_map": "bayesmoe.inference",
+    "fit_mle": "bayesmoe.inference",
+    "sample": "bayesmoe.inference",
+    "set_host_device_count": "bayesmoe.inference",
+}
+_SUBMODULES = ("datasets", "experts", "gates", "priors", "plots", "inference", "nn")
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    elif name in _SUBMODULES:
+        value = importlib.import_module(f"bayesmoe.{name}")
+    else:
+        raise AttributeError(f"module 'bayesmoe' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 def enable_x64(enable: bool = True) -> None:
@@ -22,6 +53,6 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["FitResult", "MixtureOfExperts", "MoE", "Prediction", "Simulation", "datasets",
-           "enable_x64", "experts", "fit_map", "fit_mle", "gates", "priors", "relabel", "sample",
+__all__ = ["FitResult", "MixtureOfExperts", "MoE", "Prediction", "Simulation", "datasets", "enable_x64",
+           "experts", "fit_map", "fit_mle", "gates", "nn", "plots", "priors", "relabel", "sample",
            "set_host_device_count"]

@@ -2,16 +2,9 @@
 
 import subprocess
 import sys
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
-
-# Import bayesmoe.nn with the parent package's __init__ bypassed (a bare namespace for
-# "bayesmoe"), so only the nn subpackage's own imports are measured.
-CODE = f"""
-import sys, types
-pkg = types.ModuleType("bayesmoe"); pkg.__path__ = [{str(ROOT / "bayesmoe")!r}]
-sys.modules["bayesmoe"] = pkg
+CODE = """
+import sys
 import bayesmoe.nn
 import bayesmoe.nn.train, bayesmoe.nn.sharding, bayesmoe.nn.data
 print(sorted(m for m in ("numpyro", "arviz", "xarray", "pandas") if m in sys.modules))
