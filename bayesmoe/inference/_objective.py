@@ -12,11 +12,28 @@ from numpyro.handlers import seed, substitute, trace
 
 
 def latent_sites(model_fn: Callable, args: tuple, kwargs: dict) -> dict[str, dict]:
-    """The latent (non-observed) sample sites of a model run once with a fixed seed."""
-    tr = trace(seed(model_fn, 0)).get_trace(*args, **kwargs)
-    return {name: site for name, site in tr.items()
-            if site["type"] == "sample" and not site["is_observed"]
-            and not site.get("infer", {}).get("is_auxiliary", False)}
+    """Support and shape of every latent (non-observed) sample site: ``{name: {"support", "shape"}}``.
+
+    The model is traced abstractly (``jax.eval_shape``: nothing is computed or compiled); when a
+    support holds traced values (e.g. bounds computed from data), the model runs once eagerly instead.
+    """
+    box: dict[str, dict] = {}
+
+    def run(a, kw):
+        tr = trace(seed(model_fn, 0)).get_trace(*a, **kw)
+        box.clear()
+        for name, site in tr.items():
+            if (site["type"] == "sample" and not site["is_observed"]
+                    and not site.get("infer", {}).get("is_auxiliary", False)):
+                box[name] = {"support": site["fn"].support, "shape": tuple(jnp.shape(site["value"]))}
+        return 0
+
+    jax.eval_shape(run, args, kwargs)
+    leaked = any(isinstance(v, jax.core.Tracer) for s in box.values()
+                 for v in jax.tree.leaves(getattr(s["support"], "__dict__", {})))
+    if leaked:
+        run(args, kwargs)
+    return dict(box)
 
 
 def transforms(sites: dict[str, dict], floors: dict[str, jnp.ndarray] | None = None) -> dict:
@@ -31,7 +48,7 @@ def transforms(sites: dict[str, dict], floors: dict[str, jnp.ndarray] | None = N
         if name in floors:
             out[name] = ComposeTransform([ExpTransform(), AffineTransform(floors[name], 1.0)])
         else:
-            out[name] = dist.biject_to(site["fn"].support)
+            out[name] = dist.biject_to(site["support"])
     return out
 
 
@@ -65,9 +82,3 @@ def all_values(model_fn: Callable, theta: dict, args: tuple, kwargs: dict) -> di
     return {name: site["value"] for name, site in tr.items()
             if (site["type"] == "sample" and not site["is_observed"])
             or site["type"] == "deterministic"}
-
-
-def n_unconstrained(tfs: dict, theta: dict) -> int:
-    """Number of free (unconstrained) parameters."""
-    u = unconstrain(tfs, theta)
-    return int(sum(jnp.size(v) for v in jax.tree.leaves(u)))

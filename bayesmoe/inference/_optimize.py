@@ -18,6 +18,7 @@ import optax
 from tqdm.auto import tqdm
 
 from bayesmoe.inference import _objective as obj
+from bayesmoe.model import MoE
 
 
 @dataclass(frozen=True, eq=True)
@@ -128,3 +129,32 @@ def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: 
             if bool(jnp.all(state.done | (state.steps >= max_steps))):
                 break
     return state
+
+
+def _values(objective: Objective, u, data) -> dict:
+    x, y, kwargs, floors = data
+    theta = obj.constrain(objective.transforms(x, y, kwargs, floors), u)
+    values = obj.all_values(objective.model, theta, (x, y), kwargs)
+    if isinstance(objective.model, MoE):  # the DESIGN.md sites: full rows, no free duplicates
+        values = {k: v for k, v in values.items() if not k.endswith("_free")}
+    return values
+
+
+@partial(jax.jit, static_argnames=("objective",))
+def site_values(objective: Objective, u, data) -> dict:
+    """Latent and deterministic site values at every start (leading start axis), compiled."""
+    return jax.vmap(lambda v: _values(objective, v, data))(u)
+
+
+@partial(jax.jit, static_argnames=("objective",))
+def summary(objective: Objective, u, data):
+    """(log-likelihood, log posterior, site values, expert memberships or None) at one point."""
+    x, y, kwargs, floors = data
+    theta = obj.constrain(objective.transforms(x, y, kwargs, floors), u)
+    ll = obj.log_joint(objective.model, theta, (x, y), kwargs, False)
+    lpost = obj.log_joint(objective.model, theta, (x, y), kwargs, True)
+    values = _values(objective, u, data)
+    resp = None
+    if isinstance(objective.model, MoE):
+        resp = objective.model.distribution(values, x).responsibilities(y)
+    return ll, lpost, values, resp

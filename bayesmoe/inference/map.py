@@ -147,9 +147,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         from bayesmoe.inference.em import em_fit  # noqa: PLC0415
 
         floor = float(floors.get("expert_scale", scale_floor))
-        full0 = _stack([{k: jnp.asarray(v, dtype) for k, v in p.items()} for p in
-                        [_full_params(model, obj.constrain(tfs, _index(u0, i)), x_j, y_j, kwargs)
-                         for i in range(n_starts)]])
+        full0 = _optimize.site_values(objective, u0, (x_j, y_j, kwargs, floors))
         if n > 2 * screen_size and n_starts > 1:  # screen the starts on a subsample
             idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
             em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol,
@@ -200,15 +198,15 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
             # per-start log-likelihoods (MAP: the likelihood part at each start's optimum)
             start_ll = np.asarray(_optimize.start_log_likelihoods(objective, st.u, data))
 
-    theta = obj.constrain(tfs, u_best)
-    ll = float(obj.log_joint(model, theta, (x_j, y_j), kwargs, False))
-    lpost = float(obj.log_joint(model, theta, (x_j, y_j), kwargs, True)) if prior else ll
-    params = _full_params(model, theta, x_j, y_j, kwargs)
-    k = model.n_params(xa.shape[1]) if isinstance(model, MoE) else obj.n_unconstrained(tfs, theta)
+    ll, lpost, params, resp = _optimize.summary(objective, u_best, (x_j, y_j, kwargs, floors))
+    ll = float(ll)
+    lpost = float(lpost) if prior else ll
+    k = model.n_params(xa.shape[1]) if isinstance(model, MoE) else int(
+        sum(np.size(v) for v in u_best.values()))
     aic = -2 * ll + 2 * k
     bic = -2 * ll + k * np.log(n)
-    if isinstance(model, MoE):
-        t = np.asarray(model.distribution(params, x_j).responsibilities(y_j), dtype=float)
+    if resp is not None:
+        t = np.asarray(resp, dtype=float)
         icl = bic - 2 * float(np.sum(np.where(t > 0, t * np.log(np.where(t > 0, t, 1.0)), 0.0)))
     else:
         icl = float("nan")
@@ -217,13 +215,6 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                      icl=float(icl), converged=converged, n_steps=n_steps,
                      start_log_likelihoods=np.asarray(start_ll), method=method, prior=prior,
                      extra=extra)
-
-
-def _full_params(model, theta, x, y, kwargs) -> dict:
-    values = obj.all_values(model, theta, (x, y), kwargs)
-    if isinstance(model, MoE):
-        return {k: v for k, v in values.items() if not k.endswith("_free")}
-    return values
 
 
 def fit_mle(model: MoE | Callable, x: Any, y: Any, **kwargs) -> FitResult:

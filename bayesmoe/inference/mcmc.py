@@ -90,7 +90,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     key_init, key_mcmc, key_ppc = jax.random.split(jax.random.key(seed), 3)
     sites = obj.latent_sites(model, (x_j, y_j), kwargs)
     tfs = obj.transforms(sites)
-    n_latent = sum(int(np.prod(s["value"].shape)) for s in sites.values())
+    n_latent = sum(int(np.prod(s["shape"])) for s in sites.values())
     dense_mass = (n_latent <= 100) if dense_mass is None else dense_mass
 
     init_params = None
