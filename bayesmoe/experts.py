@@ -166,8 +166,9 @@ class Categorical(_PolynomialRegressors):
     def free_params(self, params: Params) -> Params:
         b = jnp.asarray(params["expert_intercept"])
         a = jnp.asarray(params["expert_coef"])
-        b, a = b - b[:, -1:], a - a[:, -1:]  # reference-class gauge; probabilities unchanged
-        return {"expert_intercept_free": b[:, :-1], "expert_coef_free": a[:, :-1]}
+        # reference-class gauge (probabilities unchanged); leading batch axes are kept
+        b, a = b - b[..., -1:], a - a[..., -1:, :]
+        return {"expert_intercept_free": b[..., :-1], "expert_coef_free": a[..., :-1, :]}
 
     def n_params(self, n_experts: int, d: int) -> int:
         return n_experts * (self.n_classes - 1) * (self.n_features(d) + 1)

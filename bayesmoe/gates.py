@@ -137,13 +137,17 @@ class ModifiedSoftmax:
                 "gate_coef": numpyro.deterministic("gate_coef", _with_reference_row(w))}
 
     def free_params(self, params: Params) -> Params:
-        """Sample-site values (free rows) of full parameters, in the reference gauge."""
+        """Sample-site values (free rows) of full parameters, in the reference gauge.
+
+        Leading batch axes (e.g. stacked draws: intercept (S, K), coef (S, K, q)) are kept.
+        """
         b = jnp.asarray(params["gate_intercept"])
         w = jnp.asarray(params["gate_coef"])
-        b, w = b - b[-1], w - w[-1]  # re-express in the reference gauge; likelihood unchanged
-        if b.shape[0] == 1:
+        # re-express in the reference gauge (the likelihood is unchanged)
+        b, w = b - b[..., -1:], w - w[..., -1:, :]
+        if b.shape[-1] == 1:
             return {}
-        return {"gate_intercept_free": b[:-1], "gate_coef_free": w[:-1]}
+        return {"gate_intercept_free": b[..., :-1], "gate_coef_free": w[..., :-1, :]}
 
     def n_params(self, n_experts: int, d: int) -> int:
         return (n_experts - 1) * (self.n_features(d) + 1)

@@ -185,3 +185,23 @@ def test_full_covariance_gate_with_one_input(rng):
     with pytest.raises(ValueError, match="unknown site"):
         bm.MoE(bm.gates.Gaussian("diag"), bm.experts.Gaussian(), 2,
                priors={"gate_corr_chol": bm.priors.dist.LKJCholesky(2, 1.0)})
+
+
+def test_free_params_of_stacked_draws_match_one_by_one(rng):
+    """free_params keeps leading batch axes (stacked posterior draws) and re-gauges each draw."""
+    model = bm.MoE(bm.gates.Softmax(), bm.experts.Categorical(3), n_experts=3)
+    draws = [random_params(rng, model.gate, model.expert, 3, 2) for _ in range(4)]
+    for p in draws:  # leave the reference gauge, so the re-gauging has work to do
+        p["gate_intercept"] = p["gate_intercept"] + rng.normal()
+        p["expert_intercept"] = p["expert_intercept"] + rng.normal(size=(3, 1))
+    stacked = {k: np.stack([p[k] for p in draws]) for k in draws[0]}
+    got = model.free_params(stacked)
+    for i, p in enumerate(draws):
+        one = model.free_params(p)
+        for k in one:
+            np.testing.assert_allclose(np.asarray(got[k])[i], one[k], rtol=1e-6, atol=1e-6)
+    x, y = rng.normal(size=(10, 2)), rng.integers(0, 3, 10)
+    p0 = draws[0]
+    f0 = model.free_params(p0)
+    back = dict(p0, gate_intercept=np.append(f0["gate_intercept_free"], 0.0))
+    np.testing.assert_allclose(model.log_likelihood(back, x, y), model.log_likelihood(p0, x, y), rtol=1e-5)
