@@ -54,6 +54,11 @@ def _floors(model: MoE, x: np.ndarray, y: np.ndarray, scale_floor: float) -> dic
     return out
 
 
+def _subsample(n: int, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of a reproducible random subsample of ``size`` of ``n`` rows."""
+    return np.sort(np.random.default_rng(seed).choice(n, size, replace=False))
+
+
 def _stack(dicts: list[dict]) -> dict:
     return {k: jnp.stack([jnp.asarray(d[k]) for d in dicts]) for k in dicts[0]}
 
@@ -108,11 +113,9 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         kwargs = {"data_scale": model.data_scale(xa, ya)}
         floors = _floors(model, xa, ya, scale_floor)
         starts = [init] if init is not None else []
-        if n > screen_size:  # starts need the data's shape, not all of it
-            sub = np.sort(np.random.default_rng(seed + 1).choice(n, screen_size, replace=False))
-            starts += data_starts(model, xa[sub], ya[sub], n_starts - len(starts), seed)
-        else:
-            starts += data_starts(model, xa, ya, n_starts - len(starts), seed)
+        # the starts need the data's shape, not all of it
+        rows = _subsample(n, screen_size, seed + 1) if n > screen_size else slice(None)
+        starts += data_starts(model, xa[rows], ya[rows], n_starts - len(starts), seed)
         starts_free = [model.free_params(p) for p in starts]
     else:
         kwargs, floors = {}, {}
@@ -149,7 +152,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         floor = float(floors.get("expert_scale", scale_floor))
         full0 = _optimize.site_values(objective, u0, (x_j, y_j, kwargs, floors))
         if n > 2 * screen_size and n_starts > 1:  # screen the starts on a subsample
-            idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
+            idx = _subsample(n, screen_size, seed)
             em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol,
                         scale_floor=floor)
             start_ll = np.asarray(em.log_likelihood)
@@ -162,20 +165,17 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         best = int(np.nanargmax(np.asarray(em.log_likelihood)))
         best_full = _index(em.params, best)
         n_steps, converged = int(em.n_steps[best]), bool(em.converged[best])
+        u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
+                                       model.free_params(best_full).items()})
         if prior:  # polish the EM answer on the posterior
-            u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
-                                           model.free_params(best_full).items()})
             st = _optimize.run(objective, _stack([u_best]), (x_j, y_j, kwargs, floors), method="lbfgs",
                                max_steps=500, tol=tol, gtol=gtol, progress_bar=progress_bar)
             u_best = _index(st.u, 0)
             n_steps += int(st.steps[0])
-        else:
-            u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
-                                           model.free_params(best_full).items()})
     else:
         data = (x_j, y_j, kwargs, floors)
         if n > 2 * screen_size and n_starts > 1:
-            idx = np.sort(np.random.default_rng(seed).choice(n, screen_size, replace=False))
+            idx = _subsample(n, screen_size, seed)
             sub = (x_j[idx], y_j[idx], kwargs, floors)
             st = _optimize.run(objective, u0, sub, method=method, max_steps=max_steps, tol=tol,
                                gtol=gtol, learning_rate=learning_rate, progress_bar=progress_bar,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import jax
@@ -187,9 +188,15 @@ def _extra_coords(model: MoE, coords: dict, features, d: int) -> None:
         coords["feature_bis"] = names
 
 
+@partial(jax.jit, static_argnums=0)
+def _pointwise_ll(model: MoE, draws: dict, x, y):
+    """log p(y_i | x_i, theta_s) for a batch of draws (compiled once per model and shapes)."""
+    return jax.vmap(lambda p: model._log_likelihood(p, x, y))(draws)
+
+
 def _moe_pointwise_ll(model: MoE, flat: dict, x, y, num_chains: int) -> np.ndarray:
     """log p(y_i | x_i, theta_s) for every draw s: (chain, draw, obs), in chunks of draws."""
-    fn = jax.jit(jax.vmap(lambda p: model._log_likelihood(p, x, y)))
+    fn = partial(_pointwise_ll, model, x=x, y=y)
     full = {k: v for k, v in flat.items() if not k.endswith("_free")}
     S = next(iter(full.values())).shape[0]
     step = max(1, int(2e7 // max(1, x.shape[0] * model.n_experts)))
