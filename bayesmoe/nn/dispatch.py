@@ -11,8 +11,10 @@ token copies that were dropped (0 except for the capacity strategies).
   ``ceil(Tk / block) + E`` blocks (a static upper bound), each block with its own
   expert's weights, and gather results back (the CPU path; MegaBlocks-style grouped
   matmul, Gale et al. 2022, arXiv 2211.15841).
-* :func:`sorted_ragged_dispatch` - dropless with ``jax.lax.ragged_dot`` over the sorted
-  copies (the GPU/TPU path; XLA:CPU lowers ragged_dot to a dense masked matmul).
+* :func:`sorted_ragged_dispatch` - dropless with :func:`grouped_matmul` (``jax.lax.ragged_dot``)
+  over the sorted copies (the GPU/TPU path; XLA:CPU lowers ragged_dot to a dense masked
+  matmul). Safe under ``jax.vmap`` / ``nnx.vmap``: the vmapped axis is folded into the
+  row axis (see :func:`grouped_matmul`).
 * :func:`capacity_gather_dispatch` - at most ``C`` copies per expert (GShard / Switch
   capacity; first choices have priority), gathered into an (E, C, d) buffer, one
   batched matmul, gathered back; overflow copies are dropped (output 0).
@@ -106,7 +108,7 @@ def sorted_blocked_dispatch(
 
 
 def sorted_ragged_dispatch(x: Array, gates: Array, idx: Array, w: ExpertWeights, act: Act):
-    """Dropless grouped matmul with ``jax.lax.ragged_dot`` (GPU/TPU path)."""
+    """Dropless grouped matmul with :func:`grouped_matmul` (``ragged_dot``; GPU/TPU path)."""
     n_tokens, d = x.shape
     k = idx.shape[1]
     n_experts = w.w_in.shape[0]
@@ -115,10 +117,92 @@ def sorted_ragged_dispatch(x: Array, gates: Array, idx: Array, w: ExpertWeights,
     order, sorted_e, _ = _segments(flat_e, n_experts)
     counts = jnp.bincount(flat_e, length=n_experts).astype(jnp.int32)
     xs = x[order // k]
-    h = act(jax.lax.ragged_dot(xs, w.w_in, counts) + w.b_in[sorted_e])
-    ys = jax.lax.ragged_dot(h, w.w_out, counts) + w.b_out[sorted_e]
+    h = act(grouped_matmul(xs, w.w_in, counts) + w.b_in[sorted_e])
+    ys = grouped_matmul(h, w.w_out, counts) + w.b_out[sorted_e]
     y_copy = _inverse_scatter(order, ys).reshape(n_tokens, k, d)
     return jnp.einsum("tk,tkd->td", gates.astype(y_copy.dtype), y_copy), jnp.zeros(())
+
+
+def _broadcast_batched(axis_size: int, in_batched, args):
+    return [a if b else jnp.broadcast_to(a, (axis_size, *a.shape))
+            for a, b in zip(args, in_batched, strict=True)]
+
+
+def _row_groups(group_sizes: Array, n_rows: int) -> Array:
+    """Group id of each of ``n_rows`` rows for contiguous groups (G for rows past the end)."""
+    ends = jnp.cumsum(group_sizes)
+    return jnp.searchsorted(ends, jnp.arange(n_rows), side="right")
+
+
+@jax.custom_batching.custom_vmap
+def _gmm(lhs: Array, rhs: Array, group_sizes: Array) -> Array:
+    """``out[r] = lhs[r] @ rhs[g(r)]`` for rows in contiguous groups: (m,k),(G,k,n) -> (m,n)."""
+    return jax.lax.ragged_dot(lhs, rhs, group_sizes)
+
+
+@_gmm.def_vmap
+def _gmm_vmap(axis_size, in_batched, lhs, rhs, group_sizes):
+    lhs_b, rhs_b, gs_b = in_batched
+    lhs, group_sizes = _broadcast_batched(axis_size, (lhs_b, gs_b), (lhs, group_sizes))
+    n_batch, m, _ = lhs.shape
+    if rhs_b:  # (batch, group) pairs are B G consecutive groups over the B m folded rows
+        out = _gmm(lhs.reshape(n_batch * m, -1), rhs.reshape(-1, *rhs.shape[2:]),
+                   group_sizes.reshape(-1))
+        return out.reshape(n_batch, m, -1), True
+    # shared weights: re-sort the B m rows by group (stable), one ragged_dot, sort back
+    gid = jax.vmap(lambda g: _row_groups(g, m))(group_sizes).reshape(-1)
+    order = jnp.argsort(gid, stable=True)
+    out_sorted = _gmm(lhs.reshape(n_batch * m, -1)[order], rhs, jnp.sum(group_sizes, 0))
+    out = jnp.zeros_like(out_sorted).at[order].set(out_sorted)
+    return out.reshape(n_batch, m, -1), True
+
+
+@jax.custom_batching.custom_vmap
+def _tgmm(lhs: Array, ct: Array, group_sizes: Array) -> Array:
+    """Per-group ``lhs_g^T ct_g``: (m,k),(m,n),(G,) -> (G,k,n) (the weight gradient)."""
+    n_groups = group_sizes.shape[0]
+    zeros = jnp.zeros((n_groups, lhs.shape[1], ct.shape[1]), ct.dtype)
+    _, vjp = jax.vjp(lambda r: jax.lax.ragged_dot(lhs, r, group_sizes), zeros)
+    return vjp(ct)[0]
+
+
+@_tgmm.def_vmap
+def _tgmm_vmap(axis_size, in_batched, lhs, ct, group_sizes):
+    lhs, ct, group_sizes = _broadcast_batched(axis_size, in_batched, (lhs, ct, group_sizes))
+    n_batch, m, _ = lhs.shape
+    out = _tgmm(lhs.reshape(n_batch * m, -1), ct.reshape(n_batch * m, -1),
+                group_sizes.reshape(-1))
+    return out.reshape(n_batch, group_sizes.shape[1], *out.shape[1:]), True
+
+
+@jax.custom_vjp
+def grouped_matmul(lhs: Array, rhs: Array, group_sizes: Array) -> Array:
+    """Grouped matmul ``out[r] = lhs[r] @ rhs[g(r)]`` (rows sorted by group), vmap-safe.
+
+    Same values as ``jax.lax.ragged_dot(lhs, rhs, group_sizes)``: lhs (m, k), rhs
+    (G, k, n), group_sizes (G,) int32 with rows of group g contiguous and in group order.
+    ``ragged_dot``'s batching rule raises ``NotImplementedError`` unless every operand is
+    batched along axis 0; under ``jax.vmap`` this function instead folds the vmapped axis
+    into the rows (shared weights: rows of all batch elements re-sorted by group, one
+    ragged_dot with G groups; batched weights: B G groups). The backward pass
+    (``d lhs = ct rhs_g^T``, ``d rhs_g = lhs_g^T ct_g``) folds the same way; it is
+    written out because ``custom_vmap`` functions cannot be reverse-differentiated.
+    """
+    return _gmm(lhs, rhs, group_sizes)
+
+
+def _grouped_matmul_fwd(lhs, rhs, group_sizes):
+    return _gmm(lhs, rhs, group_sizes), (lhs, rhs, group_sizes)
+
+
+def _grouped_matmul_bwd(res, ct):
+    lhs, rhs, group_sizes = res
+    d_lhs = _gmm(ct, jnp.swapaxes(rhs, 1, 2).astype(ct.dtype), group_sizes)
+    d_rhs = _tgmm(lhs.astype(ct.dtype), ct, group_sizes)
+    return d_lhs.astype(lhs.dtype), d_rhs.astype(rhs.dtype), None
+
+
+grouped_matmul.defvjp(_grouped_matmul_fwd, _grouped_matmul_bwd)
 
 
 def expert_capacity(n_tokens: int, k: int, n_experts: int, capacity_factor: float) -> int:

@@ -46,10 +46,19 @@ def expert_ffn(x: Array, w: ExpertWeights, act: Callable[[Array], Array]) -> Arr
 
 
 class Experts(nnx.Module):
-    """E independent two-layer FFNs d -> F -> d stored as stacked ``nnx.Param``."""
+    """E independent two-layer FFNs d -> F -> d stored as stacked ``nnx.Param``.
 
-    def __init__(self, d_model: int, d_ff: int, n_experts: int, *, rngs: nnx.Rngs):
-        init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+    Weights ``W_in, W_out ~ N(0, init_std^2)`` with ``init_std = 0.02`` (the HyperRouter /
+    SMoE-Dropout Transformer-XL code initialises every linear weight so), biases 0;
+    ``init_std=None`` gives LeCun-normal (N(0, 1/fan_in)), the previous default.
+    """
+
+    def __init__(self, d_model: int, d_ff: int, n_experts: int, *,
+                 init_std: float | None = 0.02, rngs: nnx.Rngs):
+        if init_std is None:
+            init = nnx.initializers.lecun_normal(in_axis=-2, out_axis=-1, batch_axis=(0,))
+        else:
+            init = nnx.initializers.normal(stddev=float(init_std))
         self.w_in = nnx.Param(init(rngs.params(), (n_experts, d_model, d_ff)))
         self.b_in = nnx.Param(jnp.zeros((n_experts, d_ff)))
         self.w_out = nnx.Param(init(rngs.params(), (n_experts, d_ff, d_model)))

@@ -18,11 +18,26 @@ from flax import nnx
 from bayesmoe.nn import dispatch
 from bayesmoe.nn.experts import Experts, get_activation
 from bayesmoe.nn.losses import MoEAux, router_stats
-from bayesmoe.nn.routers import Router, make_router
+from bayesmoe.nn.routers import Router, check_init_std, make_router
 
 Array = jax.Array
 
 IMPLS = ("dense", "sorted", "capacity")
+KERNELS = {"sorted": ("blocked", "ragged"), "capacity": ("gather", "einsum"), "dense": ()}
+
+
+def default_kernel(impl: str, backend: str | None = None) -> str | None:
+    """The kernel ``kernel="auto"`` picks for ``impl`` on ``backend`` (default: JAX's).
+
+    sorted: "blocked" on CPU (XLA:CPU lowers ragged_dot to a dense masked matmul), "ragged"
+    (``ragged_dot``) on GPU/TPU; capacity: "einsum" (one-hot) on TPU, "gather" elsewhere.
+    """
+    backend = jax.default_backend() if backend is None else backend
+    if impl == "sorted":
+        return "blocked" if backend == "cpu" else "ragged"
+    if impl == "capacity":
+        return "einsum" if backend == "tpu" else "gather"
+    return None
 
 
 def top_k_gates(logits: Array, k: int) -> tuple[Array, Array]:
@@ -53,12 +68,24 @@ class SparseMoE(nnx.Module):
         activation: "relu", "gelu" or "silu".
         impl: "dense" (reference), "sorted" (dropless grouped matmul: blocked gather on
             CPU, ``ragged_dot`` on GPU/TPU) or "capacity" (drops overflow copies).
+        kernel: "auto" (by backend, :func:`default_kernel`) or force one: "blocked" /
+            "ragged" for impl "sorted", "gather" / "einsum" for "capacity". E.g.
+            ``kernel="ragged"`` runs the accelerator code path on CPU.
         capacity_factor: for impl "capacity", ``C = ceil(cf T k / E)``.
         block_size: row block of the CPU "sorted" path.
         balance_weight, z_weight: weights of the Switch balancing loss and the
             router z-loss in ``aux.loss`` (both 0 in the HyperRouter recipe).
         router_kwargs: extra arguments for a router built by name (e.g.
-            ``{"hyper_hidden": 128, "init_std": 0.04}`` for "hyper").
+            ``{"hyper_hidden": 128, "init_std": 0.04}`` for "hyper"); they override
+            ``router_init_std``.
+        router_init_std: std of the router weights (SMoE, SMoE-Dropout) or of the frozen
+            hypernetwork weights (HyperRouter); 0.02 for all, as the authors. None: the
+            previous inits (LeCun N(0, 1/d) for linear/random routers, 0.02 for hyper).
+        expert_init_std: std of the expert weights (0.02 as the authors; None: LeCun).
+        expert_dropout: dropout rate on each expert's hidden activation (0.1 as the
+            authors: ``f_e(x) = Drop(act(x W_in + b_in)) W_out + b_out``). Active in
+            training mode only (``layer.eval()`` turns it off, ``layer.train()`` on), with
+            the dropout stream of ``rngs`` given at construction or an ``rngs`` call argument.
     """
 
     def __init__(
@@ -71,11 +98,15 @@ class SparseMoE(nnx.Module):
         activation: str = "relu",
         impl: str = "sorted",
         *,
+        kernel: str = "auto",
         capacity_factor: float = 1.25,
         block_size: int = 256,
         balance_weight: float = 0.0,
         z_weight: float = 0.0,
         router_kwargs: dict | None = None,
+        router_init_std: float | None = 0.02,
+        expert_init_std: float | None = 0.02,
+        expert_dropout: float = 0.1,
         rngs: nnx.Rngs,
     ):
         for name, v in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
@@ -83,6 +114,13 @@ class SparseMoE(nnx.Module):
                 raise ValueError(f"{name} must be a positive int, got {v!r}")
         if impl not in IMPLS:
             raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+        if kernel != "auto" and kernel not in KERNELS[impl]:
+            raise ValueError(f"kernel must be 'auto' or one of {KERNELS[impl]} for "
+                             f"impl={impl!r}, got {kernel!r}")
+        router_init_std = check_init_std("router_init_std", router_init_std)
+        expert_init_std = check_init_std("expert_init_std", expert_init_std)
+        if isinstance(expert_dropout, bool) or not 0.0 <= expert_dropout < 1.0:
+            raise ValueError(f"expert_dropout must be in [0, 1), got {expert_dropout!r}")
         if not capacity_factor > 0:
             raise ValueError(f"capacity_factor must be > 0, got {capacity_factor!r}")
         if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
@@ -91,34 +129,69 @@ class SparseMoE(nnx.Module):
         self.top_k = check_top_k(top_k, n_experts)
         self.activation = activation
         self.act = get_activation(activation)
-        self.impl = impl
+        self.impl, self.kernel = impl, kernel
         self.capacity_factor = float(capacity_factor)
         self.block_size = block_size
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
         # the router draws from its own sub-stream (one key of ``rngs``), so that models
         # differing only in router type share every other initial weight
         router_rngs = nnx.Rngs(params=rngs.params())
+        router_kwargs = dict(router_kwargs or {})
+        if isinstance(router, str) and not (router == "hyper" and router_init_std is None):
+            router_kwargs.setdefault("init_std", router_init_std)
         self.router = make_router(router, d_model, n_experts, rngs=router_rngs,
-                                  **(router_kwargs or {}))
-        self.experts = Experts(d_model, d_ff, n_experts, rngs=rngs)
+                                  **router_kwargs)
+        self.experts = Experts(d_model, d_ff, n_experts, init_std=expert_init_std, rngs=rngs)
+        self.expert_dropout = nnx.Dropout(float(expert_dropout), rngs=rngs)
 
-    def _dispatch(self, x: Array, gates: Array, idx: Array, k: int):
-        w = self.experts.weights(x.dtype)
+    def _kernel(self) -> str | None:
+        return default_kernel(self.impl) if self.kernel == "auto" else self.kernel
+
+    def _dropout_key(self, rngs) -> Array | None:
+        """A key for the expert dropout masks, or None when dropout is off."""
+        drop = self.expert_dropout
+        if drop.rate == 0.0 or drop.deterministic:
+            return None
+        if rngs is not None:
+            return rngs.dropout() if isinstance(rngs, nnx.Rngs) else rngs
+        if drop.rngs is None:
+            raise ValueError("rngs: expert dropout is active (training mode, expert_dropout > 0)"
+                             " but the layer has no dropout stream; pass rngs or call .eval()")
+        return drop.rngs()
+
+    def _act(self, key: Array | None):
+        """The activation, followed by dropout with ``key`` (None: no dropout)."""
+        if key is None:
+            return self.act
+        act, rate = self.act, self.expert_dropout.rate
+
+        def act_drop(z):
+            keep = jax.random.bernoulli(key, 1.0 - rate, z.shape)
+            return jnp.where(keep, act(z) / (1.0 - rate), 0.0).astype(z.dtype)
+
+        return act_drop
+
+    def local_dispatch(self, x: Array, gates: Array, idx: Array, w, k: int, act):
+        """Dispatch of the tokens of one device (or of all tokens on one device)."""
+        kernel = self._kernel()
         if self.impl == "dense":
-            return dispatch.dense_dispatch(x, gates, idx, w, self.act)
+            return dispatch.dense_dispatch(x, gates, idx, w, act)
         if self.impl == "sorted":
-            if jax.default_backend() == "cpu":
-                return dispatch.sorted_blocked_dispatch(
-                    x, gates, idx, w, self.act, self.block_size
-                )
-            return dispatch.sorted_ragged_dispatch(x, gates, idx, w, self.act)
+            if kernel == "blocked":
+                return dispatch.sorted_blocked_dispatch(x, gates, idx, w, act, self.block_size)
+            return dispatch.sorted_ragged_dispatch(x, gates, idx, w, act)
         cap = dispatch.expert_capacity(x.shape[0], k, self.n_experts, self.capacity_factor)
-        if jax.default_backend() == "tpu":
-            return dispatch.capacity_einsum_dispatch(x, gates, idx, w, self.act, cap)
-        return dispatch.capacity_gather_dispatch(x, gates, idx, w, self.act, cap)
+        if kernel == "einsum":
+            return dispatch.capacity_einsum_dispatch(x, gates, idx, w, act, cap)
+        return dispatch.capacity_gather_dispatch(x, gates, idx, w, act, cap)
 
-    def __call__(self, x: Array, top_k: int | None = None) -> tuple[Array, MoEAux]:
-        """Apply the layer to x (..., d_model); returns (y of x's shape, MoEAux)."""
+    def __call__(self, x: Array, top_k: int | None = None, *,
+                 rngs: nnx.Rngs | Array | None = None) -> tuple[Array, MoEAux]:
+        """Apply the layer to x (..., d_model); returns (y of x's shape, MoEAux).
+
+        ``rngs`` (an ``nnx.Rngs`` with a dropout stream, or a key) overrides the dropout
+        stream given at construction; dropout runs only in training mode.
+        """
         k = self.top_k if top_k is None else check_top_k(top_k, self.n_experts)
         if x.ndim < 1 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: last dimension must be d_model={self.d_model}, got {x.shape}")
@@ -126,7 +199,9 @@ class SparseMoE(nnx.Module):
         xt = dispatch.constrain(x.reshape(-1, self.d_model), ("data", None))
         logits = self.router(xt)
         gates, idx = top_k_gates(logits, k)
-        y, dropped = self._dispatch(xt, gates, idx, k)
+        act = self._act(self._dropout_key(rngs))
+        w = self.experts.weights(xt.dtype)
+        y, dropped = self.local_dispatch(xt, gates, idx, w, k, act)
         balance, z_loss, entropy, load = router_stats(logits, idx, self.n_experts)
         loss = self.balance_weight * balance + self.z_weight * z_loss
         aux = MoEAux(loss, balance, z_loss, entropy, load, jnp.asarray(dropped, jnp.float32))

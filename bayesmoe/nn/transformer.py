@@ -52,8 +52,10 @@ class TransformerLM(nnx.Module):
         d_ff: hidden width of each expert (and of dense FFN layers).
         n_experts, top_k, router, impl, activation: passed to every SparseMoE.
         moe_layers: indices of the layers with a SparseMoE FFN (default: all).
-        dropout: dropout rate on attention weights and residual branches.
-        moe_kwargs: extra keyword arguments for SparseMoE (e.g. balance_weight).
+        dropout: dropout rate on attention weights and residual branches, and (unless
+            ``moe_kwargs`` sets ``expert_dropout``) inside the experts, as the authors.
+        moe_kwargs: extra keyword arguments for SparseMoE (e.g. balance_weight,
+            router_init_std, expert_init_std, expert_dropout, kernel).
     """
 
     def __init__(
@@ -89,7 +91,7 @@ class TransformerLM(nnx.Module):
             if i in moe_layers:
                 ffn = SparseMoE(d_model, d_ff, n_experts, top_k, router=router,
                                 activation=activation, impl=impl, rngs=rngs,
-                                **(moe_kwargs or {}))
+                                **{"expert_dropout": dropout, **(moe_kwargs or {})})
             else:
                 ffn = DenseFFN(d_model, d_ff, activation, rngs=rngs)
             blocks.append(Block(d_model, n_heads, ffn, dropout, rngs=rngs))

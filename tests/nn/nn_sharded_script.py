@@ -17,10 +17,11 @@ def main() -> None:
     x = jax.random.normal(jax.random.key(0), (4, 16, 16))
     fwd = nnx.jit(lambda m, xx: m(xx)[0])
     for impl in ("dense", "sorted", "capacity"):
-        ref = SparseMoE(16, 32, 4, 2, router="hyper", impl=impl, rngs=nnx.Rngs(0))
+        ref = SparseMoE(16, 32, 4, 2, router="hyper", impl=impl, expert_dropout=0.0,
+                        rngs=nnx.Rngs(0))
         y_ref = np.asarray(fwd(ref, x))
         layer = shard_layer(SparseMoE(16, 32, 4, 2, router="hyper", impl=impl,
-                                      rngs=nnx.Rngs(0)), mesh)
+                                      expert_dropout=0.0, rngs=nnx.Rngs(0)), mesh)
         xs = jax.device_put(x, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(
             "data")))
         with jax.sharding.set_mesh(mesh):

@@ -15,6 +15,7 @@ D, F, E, T = 8, 12, 6, 29
 
 
 def _layer(impl="dense", k=2, router="linear", **kw):
+    kw = {"expert_dropout": 0.0, **kw}
     return SparseMoE(D, F, E, k, router=router, impl=impl, rngs=nnx.Rngs(0), **kw)
 
 
