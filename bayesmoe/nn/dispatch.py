@@ -20,6 +20,9 @@ token copies that were dropped (0 except for the capacity strategies).
   batched matmul, gathered back; overflow copies are dropped (output 0).
 * :func:`capacity_einsum_dispatch` - the same maths with one-hot dispatch/combine
   tensors (T, E, C) and einsums (the TPU-friendly form).
+* :func:`expert_parallel_dispatch` - inside ``shard_map``: the (E, C, d) buffer of one
+  device's tokens is exchanged with ``all_to_all`` over the expert mesh axis so that each
+  device runs only its E / n experts (GShard, Lepikhin et al. 2020, arXiv 2006.16668).
 """
 
 from __future__ import annotations
@@ -37,10 +40,14 @@ Act = Callable[[Array], Array]
 
 
 def constrain(a: Array, spec: tuple) -> Array:
-    """Shard ``a`` as ``spec`` if a mesh with those axis names is set, else no-op."""
+    """Shard ``a`` as ``spec`` if a mesh with those (automatic, i.e. not inside
+    ``shard_map``) axis names is set, else no-op."""
     mesh = jax.sharding.get_abstract_mesh()
-    names = set(getattr(mesh, "axis_names", ()) or ())
-    if not names or not all(s is None or s in names for s in spec):
+    names = {n for n, t in zip(getattr(mesh, "axis_names", ()) or (),
+                               getattr(mesh, "axis_types", ()) or (), strict=False)
+             if t == jax.sharding.AxisType.Auto}
+    used = [n for s in spec if s is not None for n in ((s,) if isinstance(s, str) else s)]
+    if not names or not all(n in names for n in used):
         return a
     return jax.lax.with_sharding_constraint(a, jax.sharding.PartitionSpec(*spec))
 
@@ -257,4 +264,38 @@ def capacity_einsum_dispatch(
     xb = constrain(jnp.einsum("tec,td->ecd", dispatch, x), ("expert", None, None))
     yb = expert_ffn(xb, w, act)
     y = jnp.einsum("tec,ecd->td", combine, yb)
+    return y, 1.0 - jnp.mean(keep.astype(jnp.float32))
+
+
+def expert_parallel_dispatch(
+    x: Array, gates: Array, idx: Array, w_local: ExpertWeights, act: Act, capacity: int,
+    axis_name: str, n_shards: int,
+):
+    """Expert-parallel capacity dispatch; call inside ``shard_map`` over ``axis_name``.
+
+    ``x`` (T, d), ``gates``/``idx`` (T, k) are this device's tokens and their routing over
+    all E experts; ``w_local`` holds this device's E / n experts (expert e lives on
+    device ``e // (E / n)``). Each device fills its (E, C, d) buffer (k-major priority,
+    overflow dropped, as :func:`capacity_gather_dispatch`), ``all_to_all`` sends the
+    (E / n, C, d) slice of expert group g to device g, which runs its experts on the
+    n C rows it received; a second ``all_to_all`` returns the outputs. Values equal
+    :func:`capacity_gather_dispatch` on the device's tokens with the same capacity.
+    """
+    n_tokens, d = x.shape
+    k = idx.shape[1]
+    n_local = w_local.w_in.shape[0]
+    n_experts = n_local * n_shards
+    slot, keep = _capacity_slots(idx, n_experts, capacity)
+    token = jnp.tile(jnp.arange(n_tokens), k)
+    size = n_experts * capacity
+    buf_token = jnp.full((size + 1,), n_tokens, jnp.int32).at[slot].set(token)[:size]
+    x_pad = jnp.concatenate([x, jnp.zeros((1, d), x.dtype)])
+    xb = x_pad[buf_token].reshape(n_shards, n_local, capacity, d)
+    xr = jax.lax.all_to_all(xb, axis_name, 0, 0)  # (source device, local expert, C, d)
+    xr = jnp.swapaxes(xr, 0, 1).reshape(n_local, n_shards * capacity, d)
+    yr = expert_ffn(xr, w_local, act).reshape(n_local, n_shards, capacity, d)
+    yb = jax.lax.all_to_all(jnp.swapaxes(yr, 0, 1), axis_name, 0, 0)  # back to the source
+    y_pad = jnp.concatenate([yb.reshape(size, d), jnp.zeros((1, d), yb.dtype)])
+    y_copy = y_pad[slot].reshape(k, n_tokens, d)
+    y = jnp.einsum("tk,ktd->td", gates.astype(y_copy.dtype), y_copy)
     return y, 1.0 - jnp.mean(keep.astype(jnp.float32))

@@ -11,6 +11,8 @@ The dispatch implementation is a choice of speed, not of maths (see ``dispatch.p
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -82,6 +84,12 @@ class SparseMoE(nnx.Module):
             hypernetwork weights (HyperRouter); 0.02 for all, as the authors. None: the
             previous inits (LeCun N(0, 1/d) for linear/random routers, 0.02 for hyper).
         expert_init_std: std of the expert weights (0.02 as the authors; None: LeCun).
+        parallel: with a mesh set (``jax.sharding.set_mesh``) whose "data" / "expert"
+            axes have more than one device, run the dispatch in ``jax.shard_map``: each
+            device routes and dispatches only its own tokens (capacity per device) and,
+            with an "expert" axis, exchanges token copies with ``all_to_all`` so that it
+            runs only its E / n_expert experts. False: leave the partitioning to GSPMD
+            (every device then repeats the routing of the global token set).
         expert_dropout: dropout rate on each expert's hidden activation (0.1 as the
             authors: ``f_e(x) = Drop(act(x W_in + b_in)) W_out + b_out``). Active in
             training mode only (``layer.eval()`` turns it off, ``layer.train()`` on), with
@@ -107,6 +115,7 @@ class SparseMoE(nnx.Module):
         router_init_std: float | None = 0.02,
         expert_init_std: float | None = 0.02,
         expert_dropout: float = 0.1,
+        parallel: bool = True,
         rngs: nnx.Rngs,
     ):
         for name, v in (("d_model", d_model), ("d_ff", d_ff), ("n_experts", n_experts)):
@@ -129,7 +138,7 @@ class SparseMoE(nnx.Module):
         self.top_k = check_top_k(top_k, n_experts)
         self.activation = activation
         self.act = get_activation(activation)
-        self.impl, self.kernel = impl, kernel
+        self.impl, self.kernel, self.parallel = impl, kernel, bool(parallel)
         self.capacity_factor = float(capacity_factor)
         self.block_size = block_size
         self.balance_weight, self.z_weight = float(balance_weight), float(z_weight)
@@ -185,6 +194,47 @@ class SparseMoE(nnx.Module):
             return dispatch.capacity_einsum_dispatch(x, gates, idx, w, act, cap)
         return dispatch.capacity_gather_dispatch(x, gates, idx, w, act, cap)
 
+    def _mesh_axes(self) -> tuple[int, int, tuple[str, ...]]:
+        """(n_data, n_expert, token axis names) of the active mesh; (1, 1, ()) if none."""
+        mesh = jax.sharding.get_abstract_mesh()
+        names = tuple(getattr(mesh, "axis_names", ()) or ())
+        if not self.parallel or not names:
+            return 1, 1, ()
+        shape = dict(mesh.shape)
+        axes = tuple(a for a in ("data", "expert") if a in names)
+        return shape.get("data", 1), shape.get("expert", 1), axes
+
+    def _parallel_dispatch(self, x, gates, idx, w, k, key, n_data, n_expert, axes):
+        """Per-device routing and dispatch in ``shard_map`` (see ``parallel``)."""
+        P = jax.sharding.PartitionSpec
+        n_dev = n_data * n_expert
+        tok = P(axes)
+        w_spec = P("expert") if "expert" in axes else P()
+        t_local = x.shape[0] // n_dev
+        if self.impl == "capacity":
+            cap = dispatch.expert_capacity(t_local, k, self.n_experts, self.capacity_factor)
+        else:  # dropless under expert parallelism: room for every local token
+            cap = t_local
+        has_key = key is not None
+
+        def per_device(xl, gl, il, wl, kk):
+            sizes = {"data": n_data, "expert": n_expert}
+            dev = jnp.zeros((), jnp.int32)
+            for a in axes:
+                dev = dev * sizes[a] + jax.lax.axis_index(a)
+            act = self._act(jax.random.fold_in(kk, dev) if has_key else None)
+            if n_expert > 1:
+                y, dropped = dispatch.expert_parallel_dispatch(xl, gl, il, wl, act, cap,
+                                                               "expert", n_expert)
+            else:
+                y, dropped = self.local_dispatch(xl, gl, il, wl, k, act)
+            return y, jax.lax.pmean(jnp.asarray(dropped, jnp.float32), axes)
+
+        key = key if has_key else jax.random.key(0)
+        fn = jax.shard_map(per_device, in_specs=(tok, tok, tok, w_spec, P()),
+                           out_specs=(tok, P()))
+        return fn(x, gates, idx, w, key)
+
     def __call__(self, x: Array, top_k: int | None = None, *,
                  rngs: nnx.Rngs | Array | None = None) -> tuple[Array, MoEAux]:
         """Apply the layer to x (..., d_model); returns (y of x's shape, MoEAux).
@@ -196,12 +246,25 @@ class SparseMoE(nnx.Module):
         if x.ndim < 1 or x.shape[-1] != self.d_model:
             raise ValueError(f"x: last dimension must be d_model={self.d_model}, got {x.shape}")
         lead = x.shape[:-1]
-        xt = dispatch.constrain(x.reshape(-1, self.d_model), ("data", None))
+        n_data, n_expert, axes = self._mesh_axes()
+        n_tokens = math.prod(lead)
+        if n_data * n_expert > 1 and n_tokens % (n_data * n_expert):
+            raise ValueError(f"x: the {n_tokens} tokens must split evenly over the "
+                             f"{n_data * n_expert} devices of the mesh axes {axes}")
+        if self.n_experts % n_expert:
+            raise ValueError(f"n_experts={self.n_experts} must be divisible by the "
+                             f"{n_expert} devices of the 'expert' mesh axis")
+        spec = (axes, None) if n_data * n_expert > 1 else ("data", None)
+        xt = dispatch.constrain(x.reshape(-1, self.d_model), spec)
         logits = self.router(xt)
         gates, idx = top_k_gates(logits, k)
-        act = self._act(self._dropout_key(rngs))
+        key = self._dropout_key(rngs)
         w = self.experts.weights(xt.dtype)
-        y, dropped = self.local_dispatch(xt, gates, idx, w, k, act)
+        if n_data * n_expert > 1:
+            y, dropped = self._parallel_dispatch(xt, gates, idx, w, k, key, n_data,
+                                                 n_expert, axes)
+        else:
+            y, dropped = self.local_dispatch(xt, gates, idx, w, k, self._act(key))
         balance, z_loss, entropy, load = router_stats(logits, idx, self.n_experts)
         loss = self.balance_weight * balance + self.z_weight * z_loss
         aux = MoEAux(loss, balance, z_loss, entropy, load, jnp.asarray(dropped, jnp.float32))

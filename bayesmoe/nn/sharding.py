@@ -1,13 +1,22 @@
 """Multi-device execution: a ("data", "expert") mesh, expert-parallel weights and
-data-parallel batches, through sharding annotations (GSPMD inserts the collectives).
+data-parallel batches.
 
 * :func:`make_mesh` builds a 2-D mesh with axes "data" and "expert".
 * :func:`shard_layer` / :func:`shard_model` place every Variable of a module: arrays
   whose leading axis is the expert axis of a SparseMoE (``w_in``, ``b_in``, ``w_out``,
   ``b_out``) are split over "expert", everything else is replicated.
 * :func:`shard_batch` splits the leading (batch) axis over "data".
-Inside the layer, the per-expert buffers carry a sharding constraint on "expert" when
-a mesh with that axis is active (``jax.sharding.set_mesh``); without one it is a no-op.
+Inside ``jax.sharding.set_mesh(mesh)``, :class:`~bayesmoe.nn.SparseMoE` (``parallel=True``,
+the default) runs its dispatch in ``jax.shard_map``: the T tokens are split over the
+"data" and "expert" axes, each device routes and dispatches only its own T / n tokens
+(capacity per device), and with an "expert" axis of n_e > 1 devices the token copies
+travel by ``all_to_all`` to the device holding their expert (E / n_e experts each,
+GShard-style expert parallelism). Expert parallelism is capacity-based: for impl
+"capacity" ``C = ceil(cf (T / n) k / E)``; for the dropless impls ("sorted", "dense") it
+reserves ``C = T / n`` rows per expert, exact but E / k times the work of a dropless
+data-parallel layer. The router, the statistics in ``MoEAux`` and everything outside the
+layer are partitioned by GSPMD. ``parallel=False`` leaves the dispatch to GSPMD
+(sharding constraints only; every data shard then repeats the routing of all tokens).
 """
 
 from __future__ import annotations
