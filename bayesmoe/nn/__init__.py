@@ -20,6 +20,7 @@ from bayesmoe.nn.train import (
     train_step,
 )
 from bayesmoe.nn.transformer import TransformerLM
+from bayesmoe.nn.transformer_xl import TransformerXL, XLMemory, evaluate_xl_bpc
 from bayesmoe.nn.variables import Frozen
 
 __all__ = [
@@ -38,6 +39,9 @@ __all__ = [
     "top_k_gates",
     "TrainConfig",
     "TransformerLM",
+    "TransformerXL",
+    "XLMemory",
+    "evaluate_xl_bpc",
     "evaluate_bpc",
     "k_schedule",
     "make_mesh",
