@@ -60,6 +60,16 @@ def k_schedule(step: int, total_steps: int, k_min: int, k_max: int) -> int:
     return min(k_max, k_min + math.floor((k_max - k_min + 1) * frac))
 
 
+def k_schedule_reference(step: int, total_steps: int, k_min: int, k_max: int) -> int:
+    """The authors' ``linear_increase``: ``clip(round((k_max - k_min) s / S) + k_min)``
+    with Python's ``round`` (half to even), so k_min and k_max get half shares (e.g. 8 -> 16
+    over S steps: k = 8 for the first S / 16 steps, k = 16 for the last S / 16)."""
+    if not 1 <= k_min <= k_max:
+        raise ValueError(f"k_min, k_max must satisfy 1 <= k_min <= k_max, got {k_min}, {k_max}")
+    k = round((k_max - k_min) * max(step, 0) / max(total_steps, 1)) + k_min
+    return int(min(max(k, k_min), k_max))
+
+
 @functools.lru_cache(maxsize=32)
 def _transform(lr: float, warmup: int, steps: int, clip: float) -> optax.GradientTransformation:
     # cached so that equal configs give the *same* object: the optimizer's graphdef (which

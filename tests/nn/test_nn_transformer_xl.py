@@ -153,3 +153,33 @@ def test_segment_streams_and_errors():
     model = _model()
     with pytest.raises(ValueError, match="attn_mask"):
         model(_tokens()[:, :L], None, attn_mask=jnp.ones((L, L + 1), bool))
+
+
+def test_reference_k_schedule_rounds_half_to_even():
+    from bayesmoe.nn.train import k_schedule_reference
+
+    steps = np.arange(160)
+    ks = [k_schedule_reference(int(s), 160, 8, 16) for s in steps]
+    np.testing.assert_array_equal(ks, np.clip(np.round(8 * steps / 160) + 8, 8, 16))
+    counts = np.bincount(ks, minlength=17)[8:]
+    assert counts[0] == 11 and counts[-1] == 10 and counts[1:-1].min() >= 19  # ends: half
+
+
+def test_train_xl_keeps_the_best_validation_state():
+    from bayesmoe.nn.transformer_xl import XLTrainConfig, train_xl
+
+    rng = np.random.default_rng(0)
+    period = rng.integers(0, V, size=7)
+    data = np.tile(period, 200)  # a learnable periodic stream
+    model = _model(mem_len=L, dropout=0.0)
+    cfg = XLTrainConfig(steps=12, batch_size=2, tgt_len=L, eval_tgt_len=L, eval_mem_len=L,
+                        eval_batch_size=1, learning_rate=1e-2, k_min=1, k_max=2, log_every=1,
+                        eval_every=4, eval_max_tokens=8 * L, progress=False)
+    res = train_xl(model, data[:1000], cfg, valid_data=data[1000:])
+    assert [v["step"] for v in res["valid"]] == [4, 8, 12]
+    assert res["best_valid_bpc"] == min(v["bpc"] for v in res["valid"])
+    again = evaluate_xl_bpc(model, data[1000:], [2], tgt_len=L, mem_len=L, batch_size=1,
+                            max_tokens=8 * L)
+    np.testing.assert_allclose(again["bpc"][2], res["best_valid_bpc"], rtol=1e-5)
+    assert res["best_valid_bpc"] < 0.7 * math.log2(V)  # it learned the period
+    assert [h["k"] for h in res["history"]][:2] == [1, 1] and res["history"][-1]["k"] == 2
