@@ -15,13 +15,16 @@ _LAZY = {
     "Prediction": "bayesmoe.model",
     "Simulation": "bayesmoe.model",
     "MixtureOfExperts": "bayesmoe.distributions",
+    "Gate": "bayesmoe.family",
+    "Expert": "bayesmoe.family",
+    "Param": "bayesmoe.family",
     "FitResult": "bayesmoe.inference",
     "fit_map": "bayesmoe.inference",
     "fit_mle": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
     "set_host_device_count": "bayesmoe.inference",
 }
-_SUBMODULES = ("datasets", "experts", "gates", "priors", "plots", "inference", "nn")
+_SUBMODULES = ("datasets", "experts", "family", "gates", "priors", "plots", "inference", "nn")
 
 
 def __getattr__(name: str):
@@ -53,6 +56,6 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["FitResult", "MixtureOfExperts", "MoE", "Prediction", "Simulation", "datasets", "enable_x64",
-           "experts", "fit_map", "fit_mle", "gates", "nn", "plots", "priors", "relabel", "sample",
-           "set_host_device_count"]
+__all__ = ["Expert", "FitResult", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction", "Simulation",
+           "datasets", "enable_x64", "experts", "family", "fit_map", "fit_mle", "gates", "nn", "plots",
+           "priors", "relabel", "sample", "set_host_device_count"]

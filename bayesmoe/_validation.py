@@ -11,6 +11,8 @@ from typing import Any
 import jax
 import numpy as np
 
+__all__ = ["as_x", "as_y", "as_y_labels", "as_y_real", "check_positive_int", "column_names", "is_traced"]
+
 
 def is_traced(a: Any) -> bool:
     """True when ``a`` is a JAX tracer (inside jit/grad/vmap): such values cannot be checked."""
@@ -82,6 +84,37 @@ def as_y_labels(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
     if np.any(bad):
         raise ValueError(f"`{name}` has class labels outside 0..{n_classes - 1}: "
                          f"{sorted(set(arr[bad].tolist()))[:5]}")
+    return arr.astype(np.int32)
+
+
+def as_y(y: Any, n: int, support: Any, name: str = "y") -> np.ndarray:
+    """Check ``y`` against an expert's support (a NumPyro constraint): float for real supports,
+    int32 for integer ones (with their bounds named in the error)."""
+    if not getattr(support, "is_discrete", False):
+        return as_y_real(y, n, name)
+    lo = getattr(support, "lower_bound", None)
+    hi = getattr(support, "upper_bound", None)
+    if lo == 0 and hi is not None:
+        return as_y_labels(y, n, int(hi) + 1, name)
+    arr = _as_1d(y, n, name)
+    what = "integers" if lo is None else f"integers >= {lo}"
+    if arr.dtype.kind not in "iufb":
+        raise ValueError(f"`{name}` must hold {what}, got dtype {arr.dtype}")
+    if arr.dtype.kind == "f":
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` contains NaN or infinite value(s)")
+        if not np.all(arr == np.round(arr)):
+            raise ValueError(f"`{name}` must hold {what}, got non-integer values "
+                             f"{sorted(set(arr[arr != np.round(arr)].tolist()))[:5]}")
+    arr = arr.astype(np.int64)
+    bad = np.zeros(arr.shape, bool)
+    if lo is not None:
+        bad |= arr < lo
+    if hi is not None:
+        bad |= arr > hi
+    if np.any(bad):
+        raise ValueError(f"`{name}` must hold {what}" + (f" <= {hi}" if hi is not None else "")
+                         + f", got {sorted(set(arr[bad].tolist()))[:5]}")
     return arr.astype(np.int32)
 
 

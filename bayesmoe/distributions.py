@@ -16,6 +16,8 @@ from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 from numpyro.distributions.util import validate_sample
 
+__all__ = ["MixtureOfExperts"]
+
 
 class MixtureOfExperts(dist.Distribution):
     r"""Mixture with observation-specific gate probabilities and components.

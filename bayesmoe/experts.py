@@ -1,86 +1,156 @@
-r"""Experts: the per-expert conditional distributions :math:`p_k(y | x)` of a mixture of experts.
+r"""Expert families: the per-expert conditional distributions :math:`p_k(y | x)` of a mixture of experts.
 
-* :class:`Gaussian`: :math:`y | x, k \sim N(b_k + \mathrm{poly}(x)^\top a_k, \sigma_k^2)` where
-  ``poly`` holds every monomial of the inputs of total degree 1..``degree`` (GLoME / BLoMPE polynomial
-  experts, arXiv 2104.02640, 2104.08959; linear experts for ``degree=1``, arXiv 2305.03288).
+Every expert subclasses :class:`bayesmoe.family.Expert`: it declares its parameter table once and
+supplies its log density, its component distribution, the support of y and, where one exists, a
+closed-form EM M-step. Everything else is derived from the table. ``poly(x)`` below holds every
+monomial of the inputs of total degree 1..``degree`` (``p`` regressors; ``p = d`` when linear).
+
+* :class:`Gaussian`: :math:`y | x, k \sim N(b_k + \mathrm{poly}(x)^\top a_k, \sigma_k^2)` (GLoME / BLoMPE
+  polynomial experts, arXiv 2104.02640, 2104.08959; linear experts, arXiv 2305.03288).
+* :class:`StudentT`: :math:`y | x, k \sim t_{\nu_k}(b_k + \mathrm{poly}(x)^\top a_k, \sigma_k)`, robust
+  regression experts; EM by the ECM algorithm of the scale-mixture representation (Peel & McLachlan
+  2000, Robust mixture modelling using the t distribution, Stat. Comput. 10, 339-348).
+* :class:`Poisson`: :math:`y | x, k \sim \mathrm{Poisson}(\exp(b_k + \mathrm{poly}(x)^\top a_k))`, log-link
+  count experts; IRLS M-step (Grün & Leisch 2008, flexmix's Poisson GLM experts).
 * :class:`Categorical`: multinomial logistic, :math:`p_k(y = s | x) = \mathrm{softmax}_s(a_{ks}^\top
   \mathrm{poly}(x) + b_{ks})` with the last class the reference (:math:`a_{kC} = 0, b_{kC} = 0`),
   arXiv 2310.14188.
-
-Each expert offers pure functions of a params dict (``features``, ``component``, ``log_prob``,
-``mean``) and a NumPyro method ``sample(n_experts, scale, priors)`` declaring its sites.
 """
 
 from __future__ import annotations
 
-import itertools
+import dataclasses
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpyro
 import numpyro.distributions as dist
+from jax.scipy.special import digamma, gammaln
+from numpyro.distributions import constraints
 
+from bayesmoe import _math
 from bayesmoe import priors as _priors
+from bayesmoe._solvers import bisect, multinomial_newton, newton_ascent, spd_solve
+from bayesmoe._solvers import weighted_least_squares as _wls
 from bayesmoe._validation import check_positive_int
+from bayesmoe.family import REGRESSOR, Expert, Param
+
+__all__ = ["Categorical", "Expert", "Gaussian", "Poisson", "StudentT", "feature_names", "monomials",
+           "polynomial_features"]
 
 Params = dict[str, Any]
 
-
-def monomials(d: int, degree: int) -> list[tuple[int, ...]]:
-    """Index tuples of all monomials of d inputs with total degree 1..degree, by degree then lexically."""
-    return [c for k in range(1, degree + 1)
-            for c in itertools.combinations_with_replacement(range(d), k)]
-
-
-def polynomial_features(x: jnp.ndarray, degree: int) -> jnp.ndarray:
-    """All monomials of the columns of x (n, d) of total degree 1..degree, shape (n, p)."""
-    if degree == 1:
-        return x
-    cols = [jnp.prod(x[:, list(m)], axis=1) for m in monomials(x.shape[-1], degree)]
-    return jnp.stack(cols, axis=1)
+monomials = _math.monomials
+polynomial_features = _math.polynomial_features
 
 
 def feature_names(names: list[str], degree: int) -> list[str]:
     """Names of the polynomial features, e.g. ``x0``, ``x0^2``, ``x0*x1``."""
     out = []
-    for m in monomials(len(names), degree):
+    for m in _math.monomials(len(names), degree):
         counts = {i: m.count(i) for i in sorted(set(m))}
         out.append("*".join(names[i] if c == 1 else f"{names[i]}^{c}" for i, c in counts.items()))
     return out
 
 
-class _PolynomialRegressors:
-    def __init__(self, degree: int = 1):
-        self.degree = check_positive_int(degree, "degree")
+def _alive(rk: jnp.ndarray, n: int) -> jnp.ndarray:
+    return rk > n * jnp.finfo(rk.dtype).eps
+
+
+def _floor(floors, name: str, dtype) -> jnp.ndarray:
+    return jnp.asarray(floors.get(name, 0.0), dtype)
+
+
+# ----------------------------------------------------------------------------- shared pieces
+class _Polynomial:
+    """Polynomial regressors of degree 1..``degree`` (the ``degree`` field of the dataclass)."""
+
+    degree: int
+
+    def _check_degree(self):
+        check_positive_int(self.degree, "degree")
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         """The experts' regressors poly(x), shape (n, p)."""
-        return polynomial_features(jnp.asarray(x), self.degree)
+        return _math.polynomial_features(jnp.asarray(x), self.degree)
 
     def n_features(self, d: int) -> int:
-        return len(monomials(d, self.degree))
+        return len(_math.monomials(d, self.degree))
 
-    def _feature_dim(self) -> str:
+    def regressor_dim(self, d: int) -> str:
         return "feature" if self.degree == 1 else "term"
 
+    def regressor_names(self, names):
+        return list(names) if self.degree == 1 else feature_names(list(names), self.degree)
 
-class Gaussian(_PolynomialRegressors):
+    def em_prepare(self, x, y):
+        return _math.with_intercept(self.features(x))
+
+    def linear_predictor(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """:math:`b_k + \\mathrm{poly}(x_i)^\\top a_k`, shape (n, K)."""
+        f = self.features(x)
+        return f @ jnp.swapaxes(jnp.asarray(params["expert_coef"]), -1, -2) + jnp.asarray(
+            params["expert_intercept"])
+
+
+def _location_table(intercept_prior, coef_prior) -> tuple[Param, ...]:
+    return (Param("expert_intercept", ("K",), ("expert",), constraints.real, intercept_prior),
+            Param("expert_coef", ("K", "p"), ("expert", REGRESSOR), constraints.real, coef_prior))
+
+
+def _scale_param() -> Param:
+    return Param("expert_scale", ("K",), ("expert",), constraints.positive,
+                 lambda s, z: dist.LogNormal(jnp.log(s.y_sd / 2), 1.5), floor="y")
+
+
+def _real_location_table() -> tuple[Param, ...]:
+    return _location_table(
+        lambda s, z: dist.Normal(s.y_mean, 2.5 * s.y_sd * _priors.intercept_inflation(s)),
+        lambda s, z: dist.Normal(0.0, 2.5 * s.y_sd / s.sd)) + (_scale_param(),)
+
+
+def _weighted_regression(params, w, design, y, floor, denom):
+    """Weighted least squares per expert and the floored residual scale sum(w e^2) / denom."""
+    beta = _wls(design, y, w)                                        # (K, m)
+    resid = y[:, None] - design @ beta.T                             # (n, K)
+    var = jnp.sum(w * resid**2, axis=0) / jnp.where(denom > 0, denom, 1.0)
+    scale = jnp.sqrt(jnp.maximum(var, floor**2))
+    alive = _alive(denom, y.shape[0])
+    return {**params,
+            "expert_intercept": jnp.where(alive, beta[:, 0], params["expert_intercept"]),
+            "expert_coef": jnp.where(alive[:, None], beta[:, 1:], params["expert_coef"]),
+            "expert_scale": jnp.where(alive, scale, params["expert_scale"])}
+
+
+# ----------------------------------------------------------------------------- Gaussian
+@dataclasses.dataclass(frozen=True)
+class Gaussian(_Polynomial, Expert):
     r"""Gaussian expert with polynomial mean: :math:`N(y | b_k + \mathrm{poly}(x)^\top a_k, \sigma_k^2)`.
 
     Sites: ``expert_intercept`` (K,), ``expert_coef`` (K, p), ``expert_scale`` (K,; standard deviation,
-    prior vanishing at 0). ``p`` counts the monomials of degree 1..``degree`` (``p = d`` when linear).
+    prior vanishing at 0, bounded below in ML fits). EM M-step: weighted least squares on
+    :math:`[1, \mathrm{poly}(x)]`, then :math:`\sigma_k^2 = \sum_i r_{ik} e_{ik}^2 / \sum_i r_{ik}`
+    (arXiv 2305.03288).
     """
 
-    kind = "gaussian"
+    degree: int = 1
+
+    def __post_init__(self):
+        self._check_degree()
 
     def __repr__(self) -> str:
         return f"Gaussian(degree={self.degree})"
 
+    @property
+    def label(self) -> str:
+        return "Gaussian experts" + (f" (degree {self.degree})" if self.degree > 1 else "")
+
+    def param_table(self):
+        return _real_location_table()
+
     def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
         """Expert means (n, K)."""
-        f = self.features(x)
-        return f @ jnp.asarray(params["expert_coef"]).T + jnp.asarray(params["expert_intercept"])
+        return self.linear_predictor(params, x)
 
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
         """The K expert distributions for each observation: a Normal of batch shape (n, K)."""
@@ -90,48 +160,219 @@ class Gaussian(_PolynomialRegressors):
         """log p_k(y_i | x_i), shape (n, K)."""
         return self.component(params, x).log_prob(jnp.asarray(y)[:, None])
 
-    def sample(self, n_experts: int, scale: _priors.Scale, priors: dict | None = None) -> Params:
-        K, p = n_experts, scale.mean.shape[-1]
-        infl = _priors.intercept_inflation(scale)
-        b = numpyro.sample("expert_intercept", _priors.resolve(
-            priors, "expert_intercept", dist.Normal(scale.y_mean, 2.5 * scale.y_sd * infl), (K,)))
-        a = numpyro.sample("expert_coef", _priors.resolve(
-            priors, "expert_coef", dist.Normal(0.0, 2.5 * scale.y_sd / scale.sd), (K, p)))
-        s = numpyro.sample("expert_scale", _priors.resolve(
-            priors, "expert_scale", dist.LogNormal(jnp.log(scale.y_sd / 2), 1.5), (K,)))
-        return {"expert_intercept": b, "expert_coef": a, "expert_scale": s}
-
-    def free_params(self, params: Params) -> Params:
-        return {k: jnp.asarray(params[k]) for k in ("expert_intercept", "expert_coef",
-                                                    "expert_scale")}
-
-    def n_params(self, n_experts: int, d: int) -> int:
-        return n_experts * (self.n_features(d) + 2)
-
-    def param_dims(self, d: int) -> dict[str, tuple[str, ...]]:
-        return {"expert_intercept": ("expert",), "expert_coef": ("expert", self._feature_dim()),
-                "expert_scale": ("expert",)}
-
-    def uses_y_scale(self) -> bool:
-        return True
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        design = cache if cache is not None else self.em_prepare(x, y)
+        floor = _floor(floors, "expert_scale", design.dtype)
+        return _weighted_regression(params, r, design, y, floor, jnp.sum(r, axis=0))
 
 
-class Categorical(_PolynomialRegressors):
-    r"""Multinomial-logistic expert: :math:`p_k(y = s | x) = \mathrm{softmax}_s(b_{ks} + a_{ks}^\top
-    \mathrm{poly}(x))`, last class the reference (zero row).
+# ----------------------------------------------------------------------------- Student t
+@dataclasses.dataclass(frozen=True)
+class StudentT(_Polynomial, Expert):
+    r"""Robust regression expert: location-scale Student t,
+    :math:`t_{\nu_k}(y | b_k + \mathrm{poly}(x)^\top a_k, \sigma_k)`.
 
-    Sites: ``expert_intercept_free`` (K, C-1), ``expert_coef_free`` (K, C-1, p) and the deterministic
-    ``expert_intercept`` (K, C), ``expert_coef`` (K, C, p) with the reference class as zeros.
+    ``df=None`` (default) estimates the degrees of freedom per expert (site ``expert_df``, prior
+    Gamma(2, 0.1), mean 20); a number fixes them. Sites otherwise as :class:`Gaussian`.
+
+    **EM** (ECM, Peel & McLachlan 2000): with :math:`\delta_{ik} = (y_i - \mu_{ik})/\sigma_k` the E-step
+    adds the latent precision weights :math:`u_{ik} = (\nu_k + 1)/(\nu_k + \delta_{ik}^2)`; the
+    CM-steps are weighted least squares with weights :math:`r_{ik}u_{ik}`,
+    :math:`\sigma_k^2 = \sum_i r_{ik}u_{ik}e_{ik}^2/\sum_i r_{ik}`, and (``df=None``) :math:`\nu_k` the root
+    of :math:`-\psi(\nu/2) + \log(\nu/2) + 1 + \sum_i r_{ik}(\log u_{ik} - u_{ik})/\sum_i r_{ik} +
+    \psi((\nu_k^{old}+1)/2) - \log((\nu_k^{old}+1)/2) = 0` in [0.05, 1000] (bisection). Each CM-step
+    maximises the expected complete-data log-likelihood, so the likelihood never decreases.
     """
 
-    kind = "categorical"
+    degree: int = 1
+    df: float | None = None
 
-    def __init__(self, n_classes: int, degree: int = 1):
-        self.n_classes = check_positive_int(n_classes, "n_classes", minimum=2)
-        super().__init__(degree)
+    def __post_init__(self):
+        self._check_degree()
+        if self.df is not None:
+            if isinstance(self.df, bool) or not isinstance(self.df, (int, float)) or not (
+                    0 < float(self.df) < float("inf")):
+                raise ValueError(f"`df` must be a positive finite number or None, got {self.df!r}")
+
+    def __repr__(self) -> str:
+        return f"StudentT(degree={self.degree}, df={self.df!r})"
+
+    @property
+    def label(self) -> str:
+        return "Student-t experts" + (f" (df {self.df:g})" if self.df is not None else "")
+
+    def param_table(self):
+        table = _real_location_table()
+        if self.df is None:
+            table += (Param("expert_df", ("K",), ("expert",), constraints.positive,
+                            lambda s, z: dist.Gamma(2.0, 0.1)),)
+        return table
+
+    def _df(self, params: Params, dtype) -> jnp.ndarray:
+        if self.df is None:
+            return jnp.asarray(params["expert_df"], dtype)
+        return jnp.asarray(self.df, dtype)
+
+    def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """Expert locations (n, K) (the means where df > 1)."""
+        return self.linear_predictor(params, x)
+
+    def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        loc = self.linear_predictor(params, x)
+        scale = jnp.asarray(params["expert_scale"])
+        return dist.StudentT(jnp.broadcast_to(self._df(params, loc.dtype), scale.shape), loc, scale)
+
+    def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        return self.component(params, x).log_prob(jnp.asarray(y)[:, None])
+
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        design = cache if cache is not None else self.em_prepare(x, y)
+        dtype = design.dtype
+        nu = jnp.broadcast_to(self._df(params, dtype), params["expert_scale"].shape)
+        delta2 = ((y[:, None] - self.linear_predictor(params, x)) / params["expert_scale"]) ** 2
+        u = (nu + 1.0) / (nu + delta2)                                    # (n, K)
+        rk = jnp.sum(r, axis=0)
+        out = _weighted_regression(params, r * u, design, y, _floor(floors, "expert_scale", dtype), rk)
+        if self.df is None:
+            c = (1.0 + jnp.sum(r * (jnp.log(u) - u), axis=0) / jnp.where(rk > 0, rk, 1.0)
+                 + digamma((nu + 1.0) / 2) - jnp.log((nu + 1.0) / 2))
+
+            def f(log_nu):
+                v = jnp.exp(log_nu)
+                return -digamma(v / 2) + jnp.log(v / 2) + c
+
+            lo = jnp.full_like(nu, jnp.log(0.05))
+            hi = jnp.full_like(nu, jnp.log(1000.0))
+            new_nu = jnp.exp(bisect(f, lo, hi))
+            out["expert_df"] = jnp.where(_alive(rk, y.shape[0]), new_nu, params["expert_df"])
+        return out
+
+    def init_params(self, x, y, w, floors):
+        """Weighted least squares on the soft clusters; 10 degrees of freedom when estimated."""
+        K = w.shape[-1]
+        p0 = self.neutral_params(K, x.shape[-1], x.dtype)
+        design = self.em_prepare(x, y)
+        out = _weighted_regression(p0, w, design, y, _floor(floors, "expert_scale", x.dtype),
+                                   jnp.sum(w, axis=0))
+        if self.df is None:
+            out["expert_df"] = jnp.full((K,), 10.0, x.dtype)
+        return out
+
+
+# ----------------------------------------------------------------------------- Poisson
+@dataclasses.dataclass(frozen=True)
+class Poisson(_Polynomial, Expert):
+    r"""Log-link count expert: :math:`y | x, k \sim \mathrm{Poisson}(\lambda_{ik})`,
+    :math:`\log\lambda_{ik} = b_k + \mathrm{poly}(x_i)^\top a_k`; y non-negative integers.
+
+    Sites: ``expert_intercept`` (K,; prior :math:`N(\log \bar y, 2.5^2(1 + \ldots))`), ``expert_coef``
+    (K, p; prior :math:`N(0, (2.5/s_j)^2)`). EM M-step: per expert, the weighted Poisson regression
+    :math:`\max \sum_i r_{ik}(y_i\eta_{ik} - e^{\eta_{ik}})` by Newton/IRLS with step halving (concave:
+    negated Hessian :math:`Z^\top \mathrm{diag}(r_{\cdot k}\lambda_{\cdot k}) Z`).
+    """
+
+    degree: int = 1
+    support = constraints.nonnegative_integer
+
+    def __post_init__(self):
+        self._check_degree()
+
+    def __repr__(self) -> str:
+        return f"Poisson(degree={self.degree})"
+
+    @property
+    def label(self) -> str:
+        return "Poisson experts" + (f" (degree {self.degree})" if self.degree > 1 else "")
+
+    def param_table(self):
+        return _location_table(
+            lambda s, z: dist.Normal(jnp.log(jnp.maximum(s.y_mean, 1e-3)),
+                                     2.5 * _priors.intercept_inflation(s)),
+            lambda s, z: dist.Normal(0.0, 2.5 / s.sd))
+
+    def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """Expert rates :math:`\\lambda_{ik}` (n, K)."""
+        return jnp.exp(self.linear_predictor(params, x))
+
+    def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        return dist.Poisson(self.mean(params, x))
+
+    def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        eta = self.linear_predictor(params, x)
+        y = jnp.asarray(y, eta.dtype)[:, None]
+        return y * eta - jnp.exp(eta) - gammaln(y + 1.0)
+
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        design = cache if cache is not None else self.em_prepare(x, y)
+        yf = jnp.asarray(y, design.dtype)
+        beta0 = jnp.concatenate([params["expert_intercept"][:, None], params["expert_coef"]], axis=1)
+
+        def fit_one(b, rk):
+            def objective(beta):
+                eta = design @ beta
+                return jnp.sum(rk * (yf * eta - jnp.exp(eta)))
+
+            def derivatives(beta):
+                eta = design @ beta
+                mu = jnp.exp(eta)
+                value = jnp.sum(rk * (yf * eta - mu))
+                grad = design.T @ (rk * (yf - mu))
+                return value, grad, (design * (rk * mu)[:, None]).T @ design
+
+            return newton_ascent(objective, b, derivatives=derivatives, max_iter=25,
+                                 solve=spd_solve)[0]
+
+        beta = jax.vmap(fit_one)(beta0, r.T)
+        alive = _alive(jnp.sum(r, axis=0), yf.shape[0])
+        return {**params,
+                "expert_intercept": jnp.where(alive, beta[:, 0], params["expert_intercept"]),
+                "expert_coef": jnp.where(alive[:, None], beta[:, 1:], params["expert_coef"])}
+
+
+# ----------------------------------------------------------------------------- Categorical
+@dataclasses.dataclass(frozen=True)
+class Categorical(_Polynomial, Expert):
+    r"""Multinomial-logistic expert: :math:`p_k(y = s | x) = \mathrm{softmax}_s(b_{ks} + a_{ks}^\top
+    \mathrm{poly}(x))`, last class the reference (zero row); y class labels 0..C-1.
+
+    Sites: ``expert_intercept_free`` (K, C-1), ``expert_coef_free`` (K, C-1, p) and the deterministic
+    ``expert_intercept`` (K, C), ``expert_coef`` (K, C, p) with the reference class as zeros. EM
+    M-step: per expert, a weighted multinomial logistic regression of one-hot(y) by Newton/IRLS
+    (arXiv 2310.14188).
+    """
+
+    n_classes: int
+    degree: int = 1
+
+    def __post_init__(self):
+        check_positive_int(self.n_classes, "n_classes", minimum=2)
+        self._check_degree()
 
     def __repr__(self) -> str:
         return f"Categorical(n_classes={self.n_classes}, degree={self.degree})"
+
+    @property
+    def label(self) -> str:
+        return f"multinomial-logistic experts ({self.n_classes} classes)"
+
+    @property
+    def support(self):
+        return constraints.integer_interval(0, self.n_classes - 1)
+
+    def sizes(self, K, d):
+        return {**super().sizes(K, d), "C": self.n_classes}
+
+    def coords(self, names):
+        return {**super().coords(names), "class": list(range(self.n_classes))}
+
+    def param_table(self):
+        return (
+            Param("expert_intercept", ("K", "C"), ("expert", "class"), constraints.real,
+                  lambda s, z: dist.Normal(0.0, 2.5 * _priors.intercept_inflation(s)),
+                  reference="class"),
+            Param("expert_coef", ("K", "C", "p"), ("expert", "class", REGRESSOR), constraints.real,
+                  lambda s, z: dist.Normal(0.0, 2.5 / s.sd), reference="class"),
+        )
 
     def logits(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
         """Class logits (n, K, C)."""
@@ -143,6 +384,9 @@ class Categorical(_PolynomialRegressors):
         """Class probabilities of every expert (n, K, C)."""
         return jax.nn.softmax(self.logits(params, x), axis=-1)
 
+    def mean(self, params, x):
+        return None
+
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
         return dist.Categorical(logits=self.logits(params, x))
 
@@ -151,33 +395,24 @@ class Categorical(_PolynomialRegressors):
         y = jnp.asarray(y, dtype=jnp.int32)
         return jnp.take_along_axis(logp, y[:, None, None], axis=-1)[..., 0]
 
-    def sample(self, n_experts: int, scale: _priors.Scale, priors: dict | None = None) -> Params:
-        K, C, p = n_experts, self.n_classes, scale.mean.shape[-1]
-        infl = _priors.intercept_inflation(scale)
-        b = numpyro.sample("expert_intercept_free", _priors.resolve(
-            priors, "expert_intercept", dist.Normal(0.0, 2.5 * infl), (K, C - 1)))
-        a = numpyro.sample("expert_coef_free", _priors.resolve(
-            priors, "expert_coef", dist.Normal(0.0, 2.5 / scale.sd), (K, C - 1, p)))
-        b_full = jnp.concatenate([b, jnp.zeros((K, 1), b.dtype)], axis=1)
-        a_full = jnp.concatenate([a, jnp.zeros((K, 1, p), a.dtype)], axis=1)
-        return {"expert_intercept": numpyro.deterministic("expert_intercept", b_full),
-                "expert_coef": numpyro.deterministic("expert_coef", a_full)}
+    def em_prepare(self, x, y):
+        design = _math.with_intercept(self.features(x))
+        return design, jax.nn.one_hot(y, self.n_classes, dtype=design.dtype)
 
-    def free_params(self, params: Params) -> Params:
-        b = jnp.asarray(params["expert_intercept"])
-        a = jnp.asarray(params["expert_coef"])
-        # reference-class gauge (probabilities unchanged); leading batch axes are kept
-        b, a = b - b[..., -1:], a - a[..., -1:, :]
-        return {"expert_intercept_free": b[..., :-1], "expert_coef_free": a[..., :-1, :]}
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        design, onehot = cache if cache is not None else self.em_prepare(x, y)
+        b, a = params["expert_intercept"], params["expert_coef"]             # (K, C), (K, C, p)
+        beta = jnp.concatenate([b[:, :-1, None], a[:, :-1]], axis=-1)        # (K, C-1, p+1)
+        beta, _, _ = jax.vmap(lambda bk, wk: multinomial_newton(bk, design, onehot, wk, 25))(
+            beta, r.T)
+        K, _, m = beta.shape
+        full = jnp.concatenate([beta, jnp.zeros((K, 1, m), beta.dtype)], axis=1)
+        return {**params, "expert_intercept": full[..., 0], "expert_coef": full[..., 1:]}
 
-    def n_params(self, n_experts: int, d: int) -> int:
-        return n_experts * (self.n_classes - 1) * (self.n_features(d) + 1)
-
-    def param_dims(self, d: int) -> dict[str, tuple[str, ...]]:
-        f = self._feature_dim()
-        return {"expert_intercept": ("expert", "class"), "expert_coef": ("expert", "class", f),
-                "expert_intercept_free": ("expert", "class_free"),
-                "expert_coef_free": ("expert", "class_free", f)}
-
-    def uses_y_scale(self) -> bool:
-        return False
+    def init_params(self, x, y, w, floors):
+        """Each soft cluster's class frequencies (+0.5 smoothing) as intercepts, zero slopes."""
+        K, C, p = w.shape[-1], self.n_classes, self.n_features(x.shape[-1])
+        onehot = jax.nn.one_hot(y, C, dtype=x.dtype)
+        freq = w.T @ onehot + 0.5                                            # (K, C)
+        logf = jnp.log(freq / jnp.sum(freq, axis=1, keepdims=True))
+        return {"expert_intercept": logf - logf[:, -1:], "expert_coef": jnp.zeros((K, C, p), x.dtype)}

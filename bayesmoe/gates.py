@@ -1,8 +1,9 @@
-r"""Gating networks: the expert probabilities :math:`g_k(x)` of a mixture of experts.
+r"""Gating families: the expert probabilities :math:`g_k(x)` of a mixture of experts.
 
-Every gate has a pure ``log_weights(params, x) -> (n, K)`` returning normalised log gate probabilities
-(each row log-sums to 0) and a NumPyro method ``sample(n_experts, scale, priors)`` that declares its
-sample sites with priors and returns the parameters keyed by the site names of ``DESIGN.md``.
+Every gate subclasses :class:`bayesmoe.family.Gate`: it declares its parameter table once and supplies
+``log_weights(params, x) -> (n, K)`` (normalised log gate probabilities), a data-driven start and,
+where one exists, a closed-form EM M-step. Everything else (sample sites, priors, checks, dims,
+free <-> full maps) is derived from the table.
 
 * :class:`Softmax`: :math:`g_k(x) = \mathrm{softmax}_k(\beta_{1k}^\top x + \beta_{0k})`, the last expert
   the reference (:math:`\beta_{1K} = 0, \beta_{0K} = 0`) [Nguyen, Nguyen & Ho 2023, arXiv 2305.03288, eq. 1].
@@ -14,21 +15,31 @@ sample sites with priors and returns the parameters keyed by the site names of `
 
 from __future__ import annotations
 
-import math
+import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
-import numpyro
 import numpyro.distributions as dist
-from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
+from numpyro.distributions import constraints
 
+from bayesmoe import _math
 from bayesmoe import priors as _priors
+from bayesmoe._solvers import multinomial_newton
 from bayesmoe._validation import check_positive_int
+from bayesmoe.family import REGRESSOR, Gate, Param
+
+__all__ = ["Gate", "Gaussian", "ModifiedSoftmax", "Softmax", "gaussian_log_components",
+           "gaussian_log_components_diag", "softmax_log_weights"]
 
 Params = dict[str, Any]
+
+# the pure functions of the math layer, re-exported where users look for them
+softmax_log_weights = _math.softmax_log_weights
+gaussian_log_components = _math.gaussian_log_components
+gaussian_log_components_diag = _math.gaussian_log_components_diag
 
 _TRANSFORMS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
     "tanh": jnp.tanh,
@@ -36,49 +47,65 @@ _TRANSFORMS: dict[str, Callable[[jnp.ndarray], jnp.ndarray]] = {
 }
 
 
-# ----------------------------------------------------------------------------- pure math
-def softmax_log_weights(intercept: jnp.ndarray, coef: jnp.ndarray,
-                        features: jnp.ndarray) -> jnp.ndarray:
-    r"""log softmax_k(intercept_k + coef_k . f(x)) for features (n, p), intercept (K,), coef (K, p)."""
-    logits = features @ jnp.swapaxes(coef, -1, -2) + intercept[..., None, :]
-    return jax.nn.log_softmax(logits, axis=-1)
-
-
-def gaussian_log_components(weight: jnp.ndarray, loc: jnp.ndarray, scale_tril: jnp.ndarray,
-                            x: jnp.ndarray) -> jnp.ndarray:
-    r"""log pi_k + log N(x_i | c_k, L_k L_k^T), shape (n, K), for weight (K,), loc (K, d), L (K, d, d)."""
-    d = x.shape[-1]
-    diff = x[:, None, :] - loc[None, :, :]  # (n, K, d)
-    # solve L_k z = diff for every k (triangular solve, batched over K)
-    z = jax.vmap(lambda L, r: solve_triangular(L, r.T, lower=True).T, in_axes=(0, 1),
-                 out_axes=1)(scale_tril, diff)
-    half_logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), -1)
-    log_norm = -0.5 * jnp.sum(z**2, -1) - half_logdet - 0.5 * d * math.log(2 * math.pi)
-    return jnp.log(weight) + log_norm
-
-
-def gaussian_log_components_diag(weight: jnp.ndarray, loc: jnp.ndarray, scale: jnp.ndarray,
-                                 x: jnp.ndarray) -> jnp.ndarray:
-    r"""As :func:`gaussian_log_components` with diagonal covariance, ``scale`` (K, d) sds."""
-    d = x.shape[-1]
-    z = (x[:, None, :] - loc[None]) / scale[None]
-    log_norm = (-0.5 * jnp.sum(z**2, -1) - jnp.sum(jnp.log(scale), -1)
-                - 0.5 * d * math.log(2 * math.pi))
-    return jnp.log(weight) + log_norm
-
-
-def _free_rows(name: str, k_free: int, shape_tail: tuple[int, ...], default, priors):
-    return numpyro.sample(f"{name}_free", _priors.resolve(priors, name, default,
-                                                          (k_free, *shape_tail)))
-
-
-def _with_reference_row(free: jnp.ndarray) -> jnp.ndarray:
-    """Append the reference (last) row of zeros."""
-    return jnp.concatenate([free, jnp.zeros((1, *free.shape[1:]), free.dtype)], axis=0)
+def _alive(rk: jnp.ndarray, n: int) -> jnp.ndarray:
+    """Experts with a total responsibility above n * eps (an M-step is defined for them)."""
+    return rk > n * jnp.finfo(rk.dtype).eps
 
 
 # ----------------------------------------------------------------------------- softmax gates
-class ModifiedSoftmax:
+class _LinearSoftmax(Gate):
+    r"""Softmax of linear logits of the gate's regressors, the last expert the reference."""
+
+    def param_table(self) -> tuple[Param, ...]:
+        return (
+            Param("gate_intercept", ("K",), ("expert",), constraints.real,
+                  lambda s, z: dist.Normal(0.0, 5.0 * _priors.intercept_inflation(s)),
+                  reference="expert"),
+            Param("gate_coef", ("K", "p"), ("expert", REGRESSOR), constraints.real,
+                  lambda s, z: dist.Normal(0.0, 5.0 / s.sd), reference="expert"),
+        )
+
+    def n_features(self, d: int) -> int:
+        return int(jax.eval_shape(self.features, jax.ShapeDtypeStruct((1, d), jnp.float32))
+                   .shape[-1])
+
+    def regressor_dim(self, d: int) -> str:
+        return "feature" if self.n_features(d) == d else "gate_feature"
+
+    def log_weights(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """Normalised log gate probabilities (n, K)."""
+        return _math.softmax_log_weights(jnp.asarray(params["gate_intercept"]),
+                                         jnp.asarray(params["gate_coef"]), self.features(x))
+
+    def em_prepare(self, x, y):
+        return _math.with_intercept(self.features(x))
+
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        r"""Multinomial logistic regression of the responsibilities on :math:`[1, M(x)]` over the K-1
+        free rows, by Newton/IRLS with step halving (monotone: a generalised EM step)."""
+        design = cache if cache is not None else self.em_prepare(x, y)
+        b, w = params["gate_intercept"], params["gate_coef"]
+        beta = jnp.concatenate([b[:-1, None], w[:-1]], axis=1)               # (K-1, q+1)
+        beta, _, _ = multinomial_newton(beta, design, r, None, 25)
+        full = jnp.concatenate([beta, jnp.zeros((1, beta.shape[1]), beta.dtype)], axis=0)
+        return {**params, "gate_intercept": full[:, 0], "gate_coef": full[:, 1:]}
+
+    def init_params(self, x, w, floors):
+        r"""Logits of a Gaussian classifier with a shared isotropic covariance fitted to the soft
+        clusters w: :math:`\log(n_k/n) - |m_k|^2 / 2s^2 + m_k^\top f / s^2`, in the reference gauge."""
+        f = self.features(x)
+        n = f.shape[0]
+        nk = jnp.sum(w, axis=0)
+        fm = (w.T @ f) / nk[:, None]
+        s2 = jnp.sum(w[:, :, None] * (f[:, None, :] - fm[None]) ** 2) / (n * f.shape[1])
+        s2 = jnp.maximum(s2, 1e-6)
+        coef = fm / s2
+        icpt = jnp.log(nk / n) - 0.5 * jnp.sum(fm**2, 1) / s2
+        return {"gate_intercept": icpt - icpt[-1], "gate_coef": coef - coef[-1]}
+
+
+@dataclasses.dataclass(frozen=True)
+class ModifiedSoftmax(_LinearSoftmax):
     r"""Modified softmax gate :math:`g_k(x) = \mathrm{softmax}_k(\beta_{1k}^\top M(x) + \beta_{0k})`.
 
     ``transform`` is ``"tanh"``, ``"sigmoid"`` (element-wise) or a callable mapping (n, d) to (n, q).
@@ -92,74 +119,43 @@ class ModifiedSoftmax:
     ``gate_intercept`` (K,), ``gate_coef`` (K, q) with the zero reference row.
     """
 
-    kind = "softmax"
+    transform: str | Callable = "tanh"
 
-    def __init__(self, transform: str | Callable = "tanh"):
-        if isinstance(transform, str):
-            if transform not in _TRANSFORMS:
+    def __post_init__(self):
+        t = self.transform
+        if isinstance(t, str):
+            if t not in _TRANSFORMS:
                 raise ValueError(f"`transform` must be one of {sorted(_TRANSFORMS)} or a callable, "
-                                 f"got {transform!r}")
-            self.transform_name = transform
-            self._transform = _TRANSFORMS[transform]
-        elif callable(transform):
-            self.transform_name = getattr(transform, "__name__", "custom")
-            self._transform = transform
-        else:
-            raise ValueError(f"`transform` must be a string or a callable, got {transform!r}")
+                                 f"got {t!r}")
+        elif not callable(t):
+            raise ValueError(f"`transform` must be a string or a callable, got {t!r}")
+
+    @property
+    def transform_name(self) -> str:
+        t = self.transform
+        return t if isinstance(t, str) else getattr(t, "__name__", "custom")
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(transform={self.transform_name!r})"
+        return f"ModifiedSoftmax(transform={self.transform_name!r})"
+
+    @property
+    def label(self) -> str:
+        return f"modified softmax gate (M = {self.transform_name})"
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         """The gate's regressors M(x), shape (n, q)."""
-        return self._transform(x)
+        t = self.transform
+        return (_TRANSFORMS[t] if isinstance(t, str) else t)(jnp.asarray(x))
 
-    def n_features(self, d: int) -> int:
-        return int(jax.eval_shape(self.features, jax.ShapeDtypeStruct((1, d), jnp.float32))
-                   .shape[-1])
-
-    def log_weights(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Normalised log gate probabilities (n, K)."""
-        return softmax_log_weights(jnp.asarray(params["gate_intercept"]),
-                                   jnp.asarray(params["gate_coef"]), self.features(x))
-
-    def sample(self, n_experts: int, scale: _priors.Scale, priors: dict | None = None) -> Params:
-        """Declare the gate's sample sites (NumPyro) and return its parameters."""
-        q = scale.mean.shape[-1]
-        if n_experts == 1:
-            zero_b, zero_w = jnp.zeros((1,)), jnp.zeros((1, q))
-            return {"gate_intercept": numpyro.deterministic("gate_intercept", zero_b),
-                    "gate_coef": numpyro.deterministic("gate_coef", zero_w)}
-        infl = _priors.intercept_inflation(scale)
-        b = _free_rows("gate_intercept", n_experts - 1, (), dist.Normal(0.0, 5.0 * infl), priors)
-        w = _free_rows("gate_coef", n_experts - 1, (q,), dist.Normal(0.0, 5.0 / scale.sd), priors)
-        return {"gate_intercept": numpyro.deterministic("gate_intercept", _with_reference_row(b)),
-                "gate_coef": numpyro.deterministic("gate_coef", _with_reference_row(w))}
-
-    def free_params(self, params: Params) -> Params:
-        """Sample-site values (free rows) of full parameters, in the reference gauge.
-
-        Leading batch axes (e.g. stacked draws: intercept (S, K), coef (S, K, q)) are kept.
-        """
-        b = jnp.asarray(params["gate_intercept"])
-        w = jnp.asarray(params["gate_coef"])
-        # re-express in the reference gauge (the likelihood is unchanged)
-        b, w = b - b[..., -1:], w - w[..., -1:, :]
-        if b.shape[-1] == 1:
-            return {}
-        return {"gate_intercept_free": b[..., :-1], "gate_coef_free": w[..., :-1, :]}
-
-    def n_params(self, n_experts: int, d: int) -> int:
-        return (n_experts - 1) * (self.n_features(d) + 1)
-
-    def param_dims(self, d: int) -> dict[str, tuple[str, ...]]:
-        feat = "feature" if self.n_features(d) == d else "gate_feature"
-        return {"gate_intercept": ("expert",), "gate_coef": ("expert", feat),
-                "gate_intercept_free": ("expert_free",),
-                "gate_coef_free": ("expert_free", feat)}
+    def spec(self) -> dict:
+        out = super().spec()
+        if not isinstance(self.transform, str):  # a callable cannot be stored: name it
+            out["transform"] = f"<callable {self.transform_name}>"
+        return out
 
 
-class Softmax(ModifiedSoftmax):
+@dataclasses.dataclass(frozen=True)
+class Softmax(_LinearSoftmax):
     r"""Softmax gate :math:`g_k(x) = \mathrm{softmax}_k(\beta_{1k}^\top x + \beta_{0k})`.
 
     Identifiable only up to a common translation of all gate parameters; the **last expert is the
@@ -167,118 +163,119 @@ class Softmax(ModifiedSoftmax):
     in :class:`ModifiedSoftmax` with :math:`M` the identity.
     """
 
-    def __init__(self):
-        self.transform_name = "identity"
-        self._transform = lambda x: x
+    transform_name: ClassVar[str] = "identity"
 
     def __repr__(self) -> str:
         return "Softmax()"
 
+    @property
+    def label(self) -> str:
+        return "softmax gate"
+
     def n_features(self, d: int) -> int:
         return d
 
+    def features(self, x: jnp.ndarray) -> jnp.ndarray:
+        return jnp.asarray(x)
+
 
 # ----------------------------------------------------------------------------- Gaussian gate
-class Gaussian:
+@dataclasses.dataclass(frozen=True)
+class Gaussian(Gate):
     r"""Gaussian gate :math:`g_k(x) = \pi_k N(x|c_k,\Gamma_k) / \sum_j \pi_j N(x|c_j,\Gamma_j)`.
 
     Computed in log space (log-sum-exp). ``covariance="diag"`` (default) has sites ``gate_weight``
     (K, simplex), ``gate_loc`` (K, d), ``gate_scale`` (K, d; standard deviations);
-    ``covariance="full"`` samples ``gate_scale`` and ``gate_corr_chol`` (K, d, d; LKJ) and exposes the
-    deterministic ``gate_cov`` (K, d, d) = diag(s) L L^T diag(s). ``log_weights`` accepts either
-    ``gate_cov`` or ``gate_scale`` (+ ``gate_corr_chol``). Reference: arXiv 2305.07572 (GLLiM forward
-    conditional); ``MoE(..., joint=True)`` adds :math:`\log p(x) = \log\sum_k \pi_k N(x|c_k,\Gamma_k)`.
+    ``covariance="full"`` adds ``gate_corr_chol`` (K, d, d; Cholesky factors of the correlation
+    matrices, LKJ prior) and exposes the deterministic ``gate_cov`` (K, d, d) = diag(s) L L^T diag(s).
+    Parameters given with ``gate_cov`` alone are accepted and converted. Reference: arXiv 2305.07572
+    (GLLiM forward conditional); ``MoE(..., joint=True)`` adds
+    :math:`\log p(x) = \log\sum_k \pi_k N(x|c_k,\Gamma_k)` and has a closed-form EM M-step.
     """
 
-    kind = "gaussian"
+    covariance: str = "diag"
+    models_x: ClassVar[bool] = True
 
-    def __init__(self, covariance: str = "diag"):
-        if covariance not in ("diag", "full"):
-            raise ValueError(f"`covariance` must be 'diag' or 'full', got {covariance!r}")
-        self.covariance = covariance
+    def __post_init__(self):
+        if self.covariance not in ("diag", "full"):
+            raise ValueError(f"`covariance` must be 'diag' or 'full', got {self.covariance!r}")
 
     def __repr__(self) -> str:
         return f"Gaussian(covariance={self.covariance!r})"
 
-    def features(self, x: jnp.ndarray) -> jnp.ndarray:
-        return x
+    @property
+    def label(self) -> str:
+        return f"Gaussian gate ({self.covariance} covariance)"
 
-    def n_features(self, d: int) -> int:
-        return d
+    def param_table(self) -> tuple[Param, ...]:
+        table = (
+            Param("gate_weight", ("K",), ("expert",), constraints.simplex,
+                  lambda s, z: dist.Dirichlet(jnp.ones(z["K"]))),
+            Param("gate_loc", ("K", "d"), ("expert", "feature"), constraints.real,
+                  lambda s, z: dist.Normal(s.mean, 2.0 * s.sd)),
+            Param("gate_scale", ("K", "d"), ("expert", "feature"), constraints.positive,
+                  lambda s, z: dist.LogNormal(jnp.log(s.sd / 2), 1.5), floor="x"),
+        )
+        if self.covariance == "full":
+            table += (Param("gate_corr_chol", ("K", "d", "d"), ("expert", "feature", "feature_bis"),
+                            constraints.corr_cholesky,
+                            lambda s, z: dist.LKJCholesky(z["d"], 2.0)),)
+        return table
+
+    def coords(self, names):
+        out = super().coords(names)
+        if self.covariance == "full":
+            out["feature_bis"] = list(names)
+        return out
+
+    def canonical(self, params: Params) -> Params:
+        """Accept ``gate_cov`` in place of ``gate_scale`` + ``gate_corr_chol`` (full covariance)."""
+        if (self.covariance == "full" and "gate_cov" in params
+                and ("gate_scale" not in params or "gate_corr_chol" not in params)):
+            cov = jnp.asarray(params["gate_cov"], jnp.result_type(float))
+            sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+            corr = jnp.linalg.cholesky(cov / (sd[..., :, None] * sd[..., None, :]))
+            params = {**params, "gate_scale": sd, "gate_corr_chol": corr}
+        return params
+
+    def derived(self, params: Params) -> Params:
+        if self.covariance != "full":
+            return {}
+        tril = _math.gaussian_tril(params["gate_scale"], params["gate_corr_chol"])
+        return {"gate_cov": tril @ jnp.swapaxes(tril, -1, -2)}
+
+    def derived_dims(self):
+        return {"gate_cov": ("expert", "feature", "feature_bis")} if self.covariance == "full" else {}
+
+    def _tril(self, params: Params) -> jnp.ndarray | None:
+        """Cholesky factor of the full covariances (from the sites, or from ``gate_cov``)."""
+        if self.covariance != "full":
+            return None
+        if "gate_scale" in params and "gate_corr_chol" in params:
+            return _math.gaussian_tril(params["gate_scale"], params["gate_corr_chol"])
+        return jnp.linalg.cholesky(jnp.asarray(params["gate_cov"]))
 
     def log_components(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
         r"""Unnormalised log gate terms :math:`\log \pi_k + \log N(x_i | c_k, \Gamma_k)`, (n, K)."""
         weight = jnp.asarray(params["gate_weight"])
         loc = jnp.asarray(params["gate_loc"])
-        if self.covariance == "diag" or ("gate_cov" not in params and "gate_corr_chol" not in params):
-            return gaussian_log_components_diag(weight, loc, jnp.asarray(params["gate_scale"]), x)
-        if "gate_corr_chol" in params and "gate_scale" in params:
-            tril = jnp.asarray(params["gate_scale"])[..., :, None] * jnp.asarray(
-                params["gate_corr_chol"])
-        else:
-            tril = jnp.linalg.cholesky(jnp.asarray(params["gate_cov"]))
-        return gaussian_log_components(weight, loc, tril, x)
+        tril = self._tril(params)
+        if tril is None:
+            return _math.gaussian_log_components_diag(weight, loc, jnp.asarray(params["gate_scale"]), x)
+        return _math.gaussian_log_components(weight, loc, tril, x)
 
     def log_weights(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
         lc = self.log_components(params, x)
         return lc - logsumexp(lc, axis=-1, keepdims=True)
 
-    def log_marginal(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        r""":math:`\log p(x_i) = \log \sum_k \pi_k N(x_i | c_k, \Gamma_k)`, shape (n,)."""
-        return logsumexp(self.log_components(params, x), axis=-1)
-
-    def sample(self, n_experts: int, scale: _priors.Scale, priors: dict | None = None) -> Params:
-        d = scale.mean.shape[-1]
-        K = n_experts
-        if K == 1:
-            weight = numpyro.deterministic("gate_weight", jnp.ones((1,)))
+    def x_distribution(self, params: Params) -> dist.Distribution:
+        loc = jnp.asarray(params["gate_loc"])
+        tril = self._tril(params)
+        if tril is None:
+            comp = dist.Normal(loc, jnp.asarray(params["gate_scale"])).to_event(1)
         else:
-            weight = numpyro.sample("gate_weight", _priors.resolve(
-                priors, "gate_weight", dist.Dirichlet(jnp.ones(K)), (K,)))
-        loc = numpyro.sample("gate_loc", _priors.resolve(
-            priors, "gate_loc", dist.Normal(scale.mean, 2.0 * scale.sd), (K, d)))
-        sd = numpyro.sample("gate_scale", _priors.resolve(
-            priors, "gate_scale", dist.LogNormal(jnp.log(scale.sd / 2), 1.5), (K, d)))
-        out = {"gate_weight": weight, "gate_loc": loc, "gate_scale": sd}
-        if self.covariance == "full":
-            if d == 1:  # a 1 x 1 correlation matrix is 1: nothing to sample
-                corr = jnp.ones((K, 1, 1), sd.dtype)
-            else:
-                corr = numpyro.sample("gate_corr_chol", _priors.resolve(
-                    priors, "gate_corr_chol", dist.LKJCholesky(d, 2.0), (K, d, d)))
-            tril = sd[..., :, None] * corr
-            out["gate_corr_chol"] = corr
-            out["gate_cov"] = numpyro.deterministic("gate_cov", tril @ jnp.swapaxes(tril, -1, -2))
-        return out
-
-    def free_params(self, params: Params) -> Params:
-        out = {"gate_loc": jnp.asarray(params["gate_loc"])}
-        if jnp.shape(params["gate_weight"])[0] > 1:
-            out["gate_weight"] = jnp.asarray(params["gate_weight"])
-        if self.covariance == "full" and "gate_corr_chol" not in params:
-            cov = jnp.asarray(params["gate_cov"])
-            sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
-            corr_chol = jnp.linalg.cholesky(cov / (sd[..., :, None] * sd[..., None, :]))
-            out.update(gate_scale=sd, gate_corr_chol=corr_chol)
-        else:
-            out["gate_scale"] = jnp.asarray(params["gate_scale"])
-            if self.covariance == "full":
-                out["gate_corr_chol"] = jnp.asarray(params["gate_corr_chol"])
-        if out["gate_loc"].shape[-1] == 1:
-            out.pop("gate_corr_chol", None)
-        return out
-
-    def n_params(self, n_experts: int, d: int) -> int:
-        cov = d * (d + 1) // 2 if self.covariance == "full" else d
-        return (n_experts - 1) + n_experts * (d + cov)
-
-    def param_dims(self, d: int) -> dict[str, tuple[str, ...]]:
-        dims = {"gate_weight": ("expert",), "gate_loc": ("expert", "feature"),
-                "gate_scale": ("expert", "feature")}
-        if self.covariance == "full":
-            dims["gate_cov"] = ("expert", "feature", "feature_bis")
-            dims["gate_corr_chol"] = ("expert", "feature", "feature_bis")
-        return dims
+            comp = dist.MultivariateNormal(loc, scale_tril=tril)
+        return dist.MixtureSameFamily(dist.Categorical(probs=jnp.asarray(params["gate_weight"])), comp)
 
     def sample_x(self, key: jax.Array, params: Params, n: int) -> jnp.ndarray:
         """Draw n inputs from the gate's Gaussian mixture :math:`\\sum_k \\pi_k N(c_k, \\Gamma_k)`."""
@@ -287,12 +284,41 @@ class Gaussian:
         loc = jnp.asarray(params["gate_loc"])
         kz, kx = jax.random.split(key)
         z = jax.random.categorical(kz, jnp.log(weight), shape=(n,))
-        if "gate_cov" in params:
-            tril = jnp.linalg.cholesky(jnp.asarray(params["gate_cov"]))
-        elif "gate_corr_chol" in params:
-            tril = jnp.asarray(params["gate_scale"])[..., :, None] * jnp.asarray(
-                params["gate_corr_chol"])
-        else:
-            tril = jax.vmap(jnp.diag)(jnp.asarray(params["gate_scale"]))
+        tril = self._tril(params)
+        if tril is None:
+            tril = _math.gaussian_tril(params["gate_scale"])
         eps = jax.random.normal(kx, (n, loc.shape[-1]), dtype=loc.dtype)
         return loc[z] + jnp.einsum("nij,nj->ni", tril[z], eps)
+
+    def _moments(self, params: Params, r, x, floors) -> Params:
+        """Weighted proportions, means and (co)variances of x (the joint GLLiM M-step)."""
+        n, d = x.shape
+        rk = jnp.sum(r, axis=0)
+        safe = jnp.where(rk > 0, rk, 1.0)
+        alive = _alive(rk, n)
+        loc = (r.T @ x) / safe[:, None]
+        diff = x[:, None, :] - loc[None]
+        floor2 = jnp.broadcast_to(jnp.asarray(floors.get("gate_scale", 0.0), x.dtype), (d,)) ** 2
+        out = {"gate_weight": rk / n, "gate_loc": jnp.where(alive[:, None], loc, params["gate_loc"])}
+        if self.covariance == "full":
+            cov = jnp.einsum("nk,nka,nkb->kab", r, diff, diff) / safe[:, None, None]
+            cov = cov + jnp.diag(floor2)
+            sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+            corr = jnp.linalg.cholesky(cov / (sd[..., :, None] * sd[..., None, :]))
+            out["gate_scale"] = jnp.where(alive[:, None], sd, params["gate_scale"])
+            out["gate_corr_chol"] = jnp.where(alive[:, None, None], corr, params["gate_corr_chol"])
+        else:
+            var = jnp.einsum("nk,nka->ka", r, diff**2) / safe[:, None]
+            scale = jnp.sqrt(jnp.maximum(var, floor2))
+            out["gate_scale"] = jnp.where(alive[:, None], scale, params["gate_scale"])
+        return {**params, **out}
+
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        r"""Joint (GLLiM) likelihood only, closed form: :math:`\pi_k = r_k/n`, :math:`c_k` the weighted
+        mean, :math:`\Gamma_k` the weighted covariance (variances bounded below by the squared floor;
+        plus the floor on the diagonal for full covariances). The conditional likelihood has no closed
+        form: None (the generic M-step)."""
+        return self._moments(params, r, x, floors) if joint else None
+
+    def init_params(self, x, w, floors):
+        return self._moments(self.neutral_params(w.shape[-1], x.shape[-1], x.dtype), w, x, floors)

@@ -3,26 +3,32 @@ r"""The ready-made mixture-of-experts model: gate + expert + priors -> a NumPyro
 .. math::  p(y | x) = \sum_{k=1}^K g_k(x; \theta_g)\, p_k(y | x; \theta_k)
 
 ``MoE(gate, expert, n_experts)`` is a callable NumPyro model ``model(x, y=None)`` usable with any
-``numpyro.infer`` API, plus pure helpers on a params dict keyed by the site names of DESIGN.md:
-``log_likelihood``, ``predict``, ``simulate``, ``n_params``.
+``numpyro.infer`` API, plus pure helpers on a params dict keyed by site name: ``log_likelihood``,
+``responsibilities``, ``predict``, ``simulate``, ``n_params``. It composes the two families through
+their contract (:mod:`bayesmoe.family`) only, so any gate and any expert, the package's or a user's,
+combine. ``MoE`` is a value: equal models (same families, K, priors, joint) are equal and hash equal,
+so compiled fits are reused across equal models.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
-import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 
-from bayesmoe import experts as _experts
-from bayesmoe import gates as _gates
+from bayesmoe import _math
 from bayesmoe import priors as _priors
-from bayesmoe._validation import as_x, as_y_labels, as_y_real, check_positive_int, is_traced
+from bayesmoe._random import as_key
+from bayesmoe._validation import as_x, as_y, check_positive_int, is_traced
 from bayesmoe.distributions import MixtureOfExperts
+from bayesmoe.family import Expert, Family, Gate
+
+__all__ = ["DataScale", "MoE", "Prediction", "Simulation"]
 
 Params = dict[str, Any]
 
@@ -30,9 +36,10 @@ Params = dict[str, Any]
 class Prediction(NamedTuple):
     """What the model predicts at x.
 
-    gate_probs (n, K); expert_mean (n, K) for Gaussian experts (None otherwise); expert_probs
-    (n, K, C) for Categorical experts (None otherwise); mean (n,) the mixture mean (None for
-    Categorical); class_probs (n, C) the mixture's class probabilities (None for Gaussian).
+    gate_probs (n, K); expert_mean (n, K) for experts that predict a mean (None otherwise);
+    expert_probs (n, K, C) for class-probability experts (None otherwise); mean (n,) the mixture
+    mean (None without expert means); class_probs (n, C) the mixture's class probabilities (None
+    without expert class probabilities).
     """
 
     gate_probs: jnp.ndarray
@@ -56,45 +63,67 @@ class DataScale(NamedTuple):
     expert: _priors.Scale
 
 
-_GATES = (_gates.ModifiedSoftmax, _gates.Gaussian)
-_EXPERTS = (_experts.Gaussian, _experts.Categorical)
+def _priors_key(priors: Mapping | None):
+    """A hashable summary of user priors (names and distribution types)."""
+    if not priors:
+        return ()
+    return tuple(sorted((k, type(v).__name__) for k, v in priors.items()))
+
+
+def _same_priors(a: Mapping | None, b: Mapping | None) -> bool:
+    a, b = a or {}, b or {}
+    if set(a) != set(b):
+        return False
+    for k in a:
+        if a[k] is b[k]:
+            continue
+        la, ta = jax.tree.flatten(a[k])
+        lb, tb = jax.tree.flatten(b[k])
+        if type(a[k]) is not type(b[k]) or ta != tb or len(la) != len(lb):
+            return False
+        if not all(np.shape(u) == np.shape(v) and np.array_equal(np.asarray(u), np.asarray(v))
+                   for u, v in zip(la, lb, strict=True)):
+            return False
+    return True
 
 
 class MoE:
     """A mixture-of-experts NumPyro model.
 
-    :param gate: ``bm.gates.Softmax()``, ``ModifiedSoftmax(transform)`` or ``Gaussian(covariance)``.
-    :param expert: ``bm.experts.Gaussian(degree)`` or ``Categorical(n_classes)``.
+    :param gate: a :class:`~bayesmoe.family.Gate`: ``bm.gates.Softmax()``,
+        ``ModifiedSoftmax(transform)``, ``Gaussian(covariance)`` or a user's own.
+    :param expert: an :class:`~bayesmoe.family.Expert`: ``bm.experts.Gaussian(degree)``,
+        ``StudentT(degree, df)``, ``Poisson(degree)``, ``Categorical(n_classes)`` or a user's own.
     :param n_experts: K >= 1.
     :param priors: optional ``{site name: numpyro Distribution}`` overriding default priors
         (see :mod:`bayesmoe.priors` for the defaults and the data-scaling rule).
-    :param joint: Gaussian gate only: also model the inputs, adding
-        :math:`\\log p(x) = \\log\\sum_k \\pi_k N(x | c_k, \\Gamma_k)` as the observed site ``x`` (the
-        GLLiM joint likelihood of arXiv 2305.07572).
+    :param joint: for gates that model x (``gate.models_x``, e.g. the Gaussian gate): also model the
+        inputs, adding :math:`\\log p(x) = \\log\\sum_k \\pi_k N(x | c_k, \\Gamma_k)` as the observed
+        site ``x`` (the GLLiM joint likelihood of arXiv 2305.07572).
 
     Calling ``model(x, y=None)`` declares the sample sites (``gate_*``, ``expert_*``) and the observed
     site ``y`` under the plate ``obs``. The keyword ``data_scale`` (from :meth:`data_scale`) fixes the
     prior scaling; by default it is computed from the ``x`` and ``y`` given.
     """
 
-    def __init__(self, gate, expert, n_experts: int, priors: dict | None = None,
+    def __init__(self, gate: Gate, expert: Expert, n_experts: int, priors: dict | None = None,
                  joint: bool = False):
-        if not isinstance(gate, _GATES):
+        if not isinstance(gate, Gate):
             raise ValueError("`gate` must be a bayesmoe gate (bm.gates.Softmax(), ModifiedSoftmax(), "
-                             f"Gaussian()), got {gate!r}")
-        if not isinstance(expert, _EXPERTS):
-            raise ValueError("`expert` must be a bayesmoe expert (bm.experts.Gaussian(), "
-                             f"Categorical()), got {expert!r}")
+                             f"Gaussian(), or a subclass of bm.gates.Gate), got {gate!r}")
+        if not isinstance(expert, Expert):
+            raise ValueError("`expert` must be a bayesmoe expert (bm.experts.Gaussian(), StudentT(), "
+                             f"Poisson(), Categorical(), or a subclass of bm.experts.Expert), got {expert!r}")
         self.n_experts = check_positive_int(n_experts, "n_experts")
-        if joint and not isinstance(gate, _gates.Gaussian):
-            raise ValueError("`joint=True` needs a Gaussian gate (it adds log p(x) of the gate's "
-                             f"Gaussian mixture), got {gate!r}")
+        if joint and not gate.models_x:
+            raise ValueError("`joint=True` needs a gate that models x (e.g. bm.gates.Gaussian(): it adds "
+                             f"log p(x) of the gate's mixture), got {gate!r}")
         self.gate, self.expert, self.priors, self.joint = gate, expert, priors, bool(joint)
         if priors is not None:
             if not isinstance(priors, dict):
                 raise ValueError(f"`priors` must be a dict of site name -> Distribution, got "
                                  f"{type(priors).__name__}")
-            known = self._prior_names()
+            known = self.prior_names()
             unknown = sorted(set(priors) - known)
             if unknown:
                 raise ValueError(f"`priors` has unknown site name(s) {unknown}; known: "
@@ -104,31 +133,35 @@ class MoE:
         j = ", joint=True" if self.joint else ""
         return f"MoE({self.gate!r}, {self.expert!r}, n_experts={self.n_experts}{j})"
 
-    # ------------------------------------------------------------------ data handling
-    @property
-    def is_classifier(self) -> bool:
-        return isinstance(self.expert, _experts.Categorical)
+    def __eq__(self, other) -> bool:
+        return (type(other) is type(self) and self.gate == other.gate and self.expert == other.expert
+                and self.n_experts == other.n_experts and self.joint == other.joint
+                and _same_priors(self.priors, other.priors))
 
-    def _prior_names(self) -> set[str]:
-        names = {"expert_intercept", "expert_coef"}
-        if isinstance(self.expert, _experts.Gaussian):
-            names.add("expert_scale")
-        if isinstance(self.gate, _gates.Gaussian):
-            names |= {"gate_weight", "gate_loc", "gate_scale"}
-            if self.gate.covariance == "full":
-                names.add("gate_corr_chol")
-        else:
-            names |= {"gate_intercept", "gate_coef"}
-        return names
+    def __hash__(self) -> int:
+        return hash((type(self), self.gate, self.expert, self.n_experts, self.joint,
+                     _priors_key(self.priors)))
+
+    @property
+    def families(self) -> tuple[Family, Family]:
+        return (self.gate, self.expert)
+
+    # ------------------------------------------------------------------ data handling
+    def prior_names(self) -> set[str]:
+        """Names of every site a prior can be given for."""
+        return self.gate.prior_names() | self.expert.prior_names()
 
     def check_data(self, x, y=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Validate and convert ``x`` (n, d) and ``y`` (n,); raises ValueError naming the argument."""
+        """Validate and convert ``x`` (n, d) and ``y`` (n,) (checked against the expert's support);
+        raises ValueError naming the argument."""
         x = as_x(x, "x")
         if y is None:
             return x, None
-        if self.is_classifier:
-            return x, as_y_labels(y, x.shape[0], self.expert.n_classes, "y")
-        return x, as_y_real(y, x.shape[0], "y")
+        return x, as_y(y, x.shape[0], self.expert.support, "y")
+
+    def y_dtype(self):
+        """int32 for experts with a discrete support, the default float otherwise."""
+        return jnp.int32 if self.expert.is_discrete else jnp.result_type(float)
 
     def _prepare(self, x, y=None):
         if is_traced(x) or is_traced(y):
@@ -137,107 +170,48 @@ class MoE:
         x, y = self.check_data(x, y)
         x = jnp.asarray(x, dtype=jnp.result_type(float))
         if y is not None:
-            y = jnp.asarray(y) if self.is_classifier else jnp.asarray(y, dtype=x.dtype)
+            y = jnp.asarray(y, self.y_dtype())
         return x, y
 
     def data_scale(self, x, y=None) -> DataScale:
         """The data scales the default priors are stated in (see :mod:`bayesmoe.priors`)."""
         x, y = self._prepare(x, y)
-        y_for_scale = y if self.expert.uses_y_scale() else None
         return DataScale(_priors.data_scale(self.gate.features(x), None),
-                         _priors.data_scale(self.expert.features(x), y_for_scale))
+                         _priors.data_scale(self.expert.features(x), y))
 
     # ------------------------------------------------------------------ the NumPyro model
     def __call__(self, x, y=None, *, data_scale: DataScale | None = None):
         x, y = self._prepare(x, y)
         scale = data_scale if data_scale is not None else self.data_scale(x, y)
-        params = self.gate.sample(self.n_experts, scale.gate, self.priors)
-        params.update(self.expert.sample(self.n_experts, scale.expert, self.priors))
-        n = x.shape[0]
-        with numpyro.plate("obs", n):
+        d = x.shape[1]
+        params = self.gate.sample(self.n_experts, d, scale.gate, self.priors)
+        params.update(self.expert.sample(self.n_experts, d, scale.expert, self.priors))
+        with numpyro.plate("obs", x.shape[0]):
             if self.joint:
-                numpyro.sample("x", self._x_distribution(params), obs=x)
+                numpyro.sample("x", self.gate.x_distribution(params), obs=x)
             numpyro.sample("y", self.distribution(params, x), obs=y)
 
     def distribution(self, params: Params, x) -> MixtureOfExperts:
         """The per-observation mixture p(y_i | x_i) as a :class:`MixtureOfExperts` (batch (n,))."""
         return MixtureOfExperts(self.gate.log_weights(params, x), self.expert.component(params, x))
 
-    def _x_distribution(self, params: Params) -> dist.Distribution:
-        loc = jnp.asarray(params["gate_loc"])
-        if "gate_cov" in params:
-            comp = dist.MultivariateNormal(loc, covariance_matrix=jnp.asarray(params["gate_cov"]))
-        else:
-            comp = dist.Normal(loc, jnp.asarray(params["gate_scale"])).to_event(1)
-        return dist.MixtureSameFamily(dist.Categorical(probs=jnp.asarray(params["gate_weight"])),
-                                      comp)
+    # ------------------------------------------------------------------ parameters (from the tables)
+    def sizes(self, d: int) -> dict[str, int]:
+        return {**self.gate.sizes(self.n_experts, d), **self.expert.sizes(self.n_experts, d)}
 
-    # ------------------------------------------------------------------ pure helpers
-    def _check_params(self, params: Params, d: int) -> None:
-        if not isinstance(params, dict):
-            raise ValueError(f"`params` must be a dict keyed by site name, got "
-                             f"{type(params).__name__}")
-        need = {"expert_intercept", "expert_coef"}
-        need |= {"expert_scale"} if not self.is_classifier else set()
-        if isinstance(self.gate, _gates.Gaussian):
-            need |= {"gate_weight", "gate_loc"}
-            if self.gate.covariance == "diag" or "gate_cov" not in params:
-                need.add("gate_scale")
-        else:
-            need |= {"gate_intercept", "gate_coef"}
-        missing = sorted(need - set(params))
-        if missing:
-            raise ValueError(f"`params` is missing site(s) {missing}")
-        K = self.n_experts
-        for name in need:
-            shape = jnp.shape(params[name])
-            if not shape or shape[0] != K:
-                raise ValueError(f"`params[{name!r}]` must have a leading axis of n_experts = {K}, "
-                                 f"got shape {shape}")
+    def check_params(self, params: Params, d: int, *, batch_ndim: int = 0,
+                     name: str = "params") -> Params:
+        """Check a params dict against both families' tables (keys, every axis of every shape,
+        finiteness, support) and return the table's sites (alternative forms converted).
 
-    def log_likelihood(self, params: Params, x, y) -> jnp.ndarray:
-        r"""Pointwise log-likelihood :math:`\log p(y_i | x_i)` (plus :math:`\log p(x_i)` when
-        ``joint``), shape (n,)."""
-        x, y = self._prepare(x, y)
-        if y is None:
-            raise ValueError("`y` is required, got None")
-        if not is_traced(x):
-            self._check_params(params, x.shape[1])
-        return self._log_likelihood(params, x, y)
-
-    def _log_likelihood(self, params: Params, x, y) -> jnp.ndarray:
-        lw = self.gate.log_weights(params, x)
-        ll = logsumexp(lw + self.expert.log_prob(params, x, y), axis=-1)
-        if self.joint:
-            ll = ll + self.gate.log_marginal(params, x)
-        return ll
-
-    def predict(self, params: Params, x) -> Prediction:
-        """Gate probabilities, expert means or class probabilities, and the mixture's prediction."""
-        x, _ = self._prepare(x)
-        self._check_params(params, x.shape[1])
-        g = jnp.exp(self.gate.log_weights(params, x))
-        if self.is_classifier:
-            ep = self.expert.probs(params, x)
-            return Prediction(g, None, ep, None, jnp.einsum("nk,nkc->nc", g, ep))
-        em = self.expert.mean(params, x)
-        return Prediction(g, em, None, jnp.sum(g * em, axis=-1), None)
-
-    def simulate(self, key: jax.Array, params: Params, x) -> Simulation:
-        """Draw y_i ~ p(y | x_i) and report the expert z_i each came from."""
-        if not isinstance(key, jax.Array):
-            raise ValueError(f"`key` must be a jax.random key (jax.random.key(seed)), got "
-                             f"{type(key).__name__}")
-        x, _ = self._prepare(x)
-        self._check_params(params, x.shape[1])
-        y, z = self.distribution(params, x).sample_with_index(key)
-        return Simulation(y, z)
-
-    def sample_x(self, key: jax.Array, params: Params, n: int) -> jnp.ndarray:
-        """Draw inputs from a Gaussian gate's mixture (the GLLiM generative model of x)."""
-        if not isinstance(self.gate, _gates.Gaussian):
-            raise ValueError("`sample_x` needs a Gaussian gate: softmax gates do not model x")
-        return self.gate.sample_x(key, params, n)
+        Raises ``ValueError`` naming ``name[site]`` with the expected and the received shape.
+        """
+        if not isinstance(params, Mapping):
+            raise ValueError(f"`{name}` must be a dict keyed by site name, got {type(params).__name__}")
+        out = self.gate.check_params(params, self.n_experts, d, batch_ndim=batch_ndim, name=name)
+        out.update(self.expert.check_params(params, self.n_experts, d, batch_ndim=batch_ndim,
+                                            name=name))
+        return out
 
     def n_params(self, d: int) -> int:
         """Number of free parameters for d inputs (for AIC/BIC)."""
@@ -246,43 +220,165 @@ class MoE:
 
     def free_params(self, params: Params) -> Params:
         """The sample-site values of full parameters (reference rows dropped, gauge applied): what
-        ``numpyro.infer.util.log_density`` and ``init_to_value`` take."""
-        out = self.gate.free_params(params)
-        out.update(self.expert.free_params(params))
+        ``numpyro.infer.util.log_density`` and ``init_to_value`` take. Leading batch axes are kept."""
+        out = self.gate.to_free(self.gate.canonical(dict(params)))
+        out.update(self.expert.to_free(self.expert.canonical(dict(params))))
         return out
 
+    def full_params(self, free: Params, d: int) -> Params:
+        """Full parameters (with reference rows and derived sites) from sample-site values."""
+        out = self.gate.to_full(free, self.n_experts, d)
+        out.update(self.expert.to_full(free, self.n_experts, d))
+        return out
+
+    def complete_params(self, params: Params) -> Params:
+        """The table's sites plus the derived deterministic sites (e.g. ``gate_cov``)."""
+        out = dict(params)
+        for fam in self.families:
+            out = {**out, **fam.canonical(out)}
+            out.update(fam.derived(out))
+        return out
+
+    def regauge(self, params: Params) -> Params:
+        """The same parameters in the reference gauge of both families."""
+        return self.expert.regauge(self.gate.regauge(params))
+
+    def reference_dims(self) -> dict[str, str]:
+        """``{site: dim}`` for the sites whose last entry along ``dim`` is fixed at zero (the gauge
+        that relabelling restores after permuting experts)."""
+        return {**self.gate.reference_dims(), **self.expert.reference_dims()}
+
+    def param_dims(self, d: int, free: bool = False) -> dict[str, tuple[str, ...]]:
+        """Named dims of every site (for ArviZ); with ``free=True`` also the free sample sites."""
+        dims = self.gate.param_dims(d, free)
+        dims.update(self.expert.param_dims(d, free))
+        return dims
+
+    def site_names(self, d: int) -> set[str]:
+        """Names of the full (user-facing) sites: the tables' sites and the derived ones."""
+        return set(self.param_dims(d))
+
+    def coords(self, feature_names: list[str]) -> dict[str, list]:
+        """ArviZ coords of every dim of the model's sites."""
+        out = {"expert": list(range(self.n_experts)), "feature": list(feature_names)}
+        for fam in self.families:
+            for k, v in fam.coords(list(feature_names)).items():
+                out.setdefault(k, v)
+        return out
+
+    def floors(self, x: np.ndarray, y: np.ndarray | None, scale_floor: float) -> dict[str, jnp.ndarray]:
+        """Absolute lower bounds of the floored scales: ``scale_floor`` times the spread of the
+        variable each bounds (y's for expert scales, each x column's for gate scales)."""
+        spread = {"x": np.maximum(np.std(np.asarray(x, float), axis=0), 1e-12)}
+        if y is not None and not self.expert.is_discrete:
+            spread["y"] = max(float(np.std(np.asarray(y, float))), 1e-12)
+        out = {}
+        for fam in self.families:
+            for name, var in fam.floor_sites().items():
+                if var in spread:
+                    out[name] = jnp.asarray(scale_floor * spread[var], jnp.result_type(float))
+        return out
+
+    def random_params(self, rng: np.random.Generator, d: int) -> Params:
+        """Random valid parameters of both families (numpy; for tests and demos)."""
+        out = self.gate.random_params(rng, self.n_experts, d)
+        out.update(self.expert.random_params(rng, self.n_experts, d))
+        return out
+
+    # ------------------------------------------------------------------ pure helpers
+    def log_joint_terms(self, params: Params, x, y) -> jnp.ndarray:
+        r""":math:`\ell_{ik} = \log g_k(x_i) + \log p_k(y_i | x_i)` (with ``joint``, the gate term is
+        :math:`\log \pi_k + \log p_k(x_i)`), shape (n, K): the E-step's terms."""
+        return _math.log_joint_terms(self.gate.log_terms(params, x, self.joint),
+                                     self.expert.log_prob(params, x, y))
+
+    def log_likelihood(self, params: Params, x, y) -> jnp.ndarray:
+        r"""Pointwise log-likelihood :math:`\log p(y_i | x_i)` (plus :math:`\log p(x_i)` when
+        ``joint``), shape (n,). Arguments are checked unless traced (inside jit/vmap)."""
+        x, y = self._prepare(x, y)
+        if y is None:
+            raise ValueError("`y` is required, got None")
+        if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
+            params = self.check_params(params, x.shape[1])
+        return logsumexp(self.log_joint_terms(params, x, y), axis=-1)
+
+    def responsibilities(self, params: Params, x, y) -> jnp.ndarray:
+        """Posterior expert memberships :math:`P(z_i = k | x_i, y_i)`, shape (n, K)."""
+        x, y = self._prepare(x, y)
+        return jax.nn.softmax(self.log_joint_terms(params, x, y), axis=-1)
+
+    def predict(self, params: Params, x) -> Prediction:
+        """Gate probabilities, expert means or class probabilities, and the mixture's prediction."""
+        x, _ = self._prepare(x)
+        if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
+            params = self.check_params(params, x.shape[1])
+        g = jnp.exp(self.gate.log_weights(params, x))
+        em = self.expert.mean(params, x)
+        ep = self.expert.probs(params, x)
+        mean = None if em is None else jnp.sum(g * em, axis=-1)
+        cp = None if ep is None else jnp.einsum("nk,nkc->nc", g, ep)
+        return Prediction(g, em, ep, mean, cp)
+
+    def simulate(self, seed, params: Params, x) -> Simulation:
+        """Draw y_i ~ p(y | x_i) and report the expert z_i each came from.
+
+        :param seed: an int or a ``jax.random`` key.
+        """
+        key = as_key(seed, "seed")
+        x, _ = self._prepare(x)
+        params = self.check_params(params, x.shape[1])
+        y, z = self.distribution(params, x).sample_with_index(key)
+        return Simulation(y, z)
+
+    def sample_x(self, seed, params: Params, n: int) -> jnp.ndarray:
+        """Draw inputs from the gate's model of x (gates with ``models_x``, e.g. the GLLiM Gaussian
+        gate). ``seed``: an int or a ``jax.random`` key."""
+        if not self.gate.models_x:
+            raise ValueError(f"`sample_x` needs a gate that models x (e.g. a Gaussian gate), got "
+                             f"{self.gate!r}")
+        key = as_key(seed, "seed")
+        check_positive_int(n, "n")
+        d = np.shape(params["gate_loc"])[-1] if "gate_loc" in params else None
+        if d is not None:
+            params = self.gate.check_params(params, self.n_experts, d)
+        return self.gate.sample_x(key, params, n)
+
+    # ------------------------------------------------------------------ EM
+    def em_prepare(self, x, y) -> tuple:
+        """Data the families' M-steps compute once per EM run."""
+        return self.gate.em_prepare(x, y), self.expert.em_prepare(x, y)
+
+    def em_update(self, params: Params, r, x, y, floors: Mapping, cache: tuple) -> Params:
+        """One M-step of both families given responsibilities r (n, K)."""
+        new = self.gate.em_update(params, r, x, y, floors, cache[0], self.joint)
+        return self.expert.em_update(new, r, x, y, floors, cache[1], self.joint)
+
+    # ------------------------------------------------------------------ specs
     def spec(self) -> dict:
         """A JSON-able description of the model (stored in ArviZ attrs); see :meth:`from_spec`."""
-        g, e = self.gate, self.expert
-        out = {"n_experts": self.n_experts, "joint": self.joint, "expert": type(e).__name__,
-               "degree": e.degree}
-        if isinstance(g, _gates.Gaussian):
-            out.update(gate="Gaussian", covariance=g.covariance)
-        elif isinstance(g, _gates.Softmax):
-            out.update(gate="Softmax")
-        else:
-            out.update(gate="ModifiedSoftmax", transform=g.transform_name)
-        if isinstance(e, _experts.Categorical):
-            out["n_classes"] = e.n_classes
-        return out
+        return {"n_experts": self.n_experts, "joint": self.joint, "gate": self.gate.spec(),
+                "expert": self.expert.spec()}
 
     @classmethod
-    def from_spec(cls, spec: dict, priors: dict | None = None) -> MoE:
-        """Rebuild a model from :meth:`spec` (custom callable transforms cannot be rebuilt)."""
-        if spec["gate"] == "Gaussian":
-            gate = _gates.Gaussian(spec["covariance"])
-        elif spec["gate"] == "Softmax":
-            gate = _gates.Softmax()
-        else:
-            gate = _gates.ModifiedSoftmax(spec["transform"])
-        if spec["expert"] == "Categorical":
-            expert = _experts.Categorical(spec["n_classes"], degree=spec["degree"])
-        else:
-            expert = _experts.Gaussian(degree=spec["degree"])
-        return cls(gate, expert, spec["n_experts"], priors=priors, joint=spec["joint"])
+    def from_spec(cls, spec: Mapping, priors: dict | None = None) -> MoE:
+        """Rebuild a model from :meth:`spec`. An unknown family is a clear error (never a silent
+        default); a family defined by a user must be defined (imported) first."""
+        if not isinstance(spec, Mapping):
+            raise ValueError(f"`spec` must be a dict (MoE.spec()), got {type(spec).__name__}")
+        for key in ("gate", "expert", "n_experts"):
+            if key not in spec:
+                raise ValueError(f"`spec` is missing {key!r}")
+        gate = _rebuild(spec["gate"], "gate")
+        expert = _rebuild(spec["expert"], "expert")
+        return cls(gate, expert, spec["n_experts"], priors=priors, joint=bool(spec.get("joint", False)))
 
-    def param_dims(self, d: int) -> dict[str, tuple[str, ...]]:
-        """Named dims of every site (for ArviZ)."""
-        dims = self.gate.param_dims(d)
-        dims.update(self.expert.param_dims(d))
-        return dims
+
+def _rebuild(spec, role: str) -> Family:
+    try:
+        fam = Family.from_spec(spec, role)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"cannot rebuild the {role} from {spec!r}: {err}") from err
+    want = Gate if role == "gate" else Expert
+    if not isinstance(fam, want):
+        raise ValueError(f"the {role} spec {spec!r} names a {type(fam).__name__}, not a {role}")
+    return fam

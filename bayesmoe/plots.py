@@ -18,12 +18,14 @@ labels across draws: relabel the posterior first (:func:`bayesmoe.relabel`) if c
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe._validation import check_positive_int
 from bayesmoe.model import MoE, Prediction
 
@@ -83,16 +85,18 @@ def posterior_params(idata, n_draws: int | None = None, seed: int = 0) -> dict[s
     return out
 
 
+@partial(jax.jit, static_argnums=0)
+def _predict_batch(model: MoE, draws: dict, grid) -> Prediction:
+    return jax.vmap(lambda p: model.predict(p, grid))(draws)
+
+
 def _predict_draws(model: MoE, draws: dict, grid: np.ndarray) -> Prediction:
     """``model.predict`` at every draw (vmap, in chunks of draws): fields with a leading draw axis."""
-    model._check_params({k: v[0] for k, v in draws.items()}, grid.shape[1])
-    fn = jax.vmap(lambda p: model.predict(p, grid))
-    S = next(iter(draws.values())).shape[0]
-    width = grid.shape[0] * model.n_experts * (model.expert.n_classes if model.is_classifier else 1)
-    step = max(1, _CHUNK_FLOATS // max(1, width))
-    parts = [fn({k: jnp.asarray(v[i:i + step]) for k, v in draws.items()}) for i in range(0, S, step)]
-    return Prediction(*[None if parts[0][j] is None else
-                        np.concatenate([np.asarray(p[j]) for p in parts]) for j in range(5)])
+    draws = model.check_params(draws, grid.shape[1], batch_ndim=1, name="idata.posterior")
+    one = model.predict({k: v[0] for k, v in draws.items()}, grid[:1])
+    width = grid.shape[0] * sum(int(np.size(f)) for f in one if f is not None)
+    grid = jnp.asarray(grid, jnp.result_type(float))
+    return map_draws(lambda p: _predict_batch(model, p, grid), draws, chunk_size(width, _CHUNK_FLOATS))
 
 
 def _band_quantiles(a: np.ndarray, band: float) -> tuple[np.ndarray, np.ndarray]:
@@ -225,8 +229,8 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
     grid = _grid_1d(x, n_grid)
     gx = grid[:, 0]
     point, lo, hi = _curves(model, grid, params, idata, n_draws, seed, band)
-    if model.is_classifier:
-        C = model.expert.n_classes
+    if point.class_probs is not None:
+        C = point.class_probs.shape[1]
         colors = _colors(C, offset=model.n_experts)
         jitter = np.random.default_rng(seed).uniform(-0.012, 0.012, size=y.shape[0])
         for c in range(C):
@@ -259,17 +263,16 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
 
 
 def _model_name(model: MoE) -> str:
-    expert = "classification" if model.is_classifier else "Gaussian experts"
-    return f"{type(model.gate).__name__} gate, {model.n_experts} experts, {expert}"
+    return f"{model.gate.label}, {model.n_experts} {model.expert.label}"
 
 
 def _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed):
     grid, extent = _grid_2d(x, n_grid)
     point, _, _ = _curves(model, grid, params, idata, n_draws, seed, band)
-    if model.is_classifier:
+    if point.class_probs is not None:
         from matplotlib.colors import ListedColormap  # noqa: PLC0415
 
-        C = model.expert.n_classes
+        C = point.class_probs.shape[1]
         colors = _colors(C, offset=model.n_experts)
         img = np.argmax(point.class_probs, axis=1).reshape(n_grid, n_grid)
         ax.imshow(img, origin="lower", extent=extent, aspect="auto", cmap=ListedColormap(colors),

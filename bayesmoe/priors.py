@@ -37,6 +37,8 @@ from typing import NamedTuple
 import jax.numpy as jnp
 import numpyro.distributions as dist
 
+__all__ = ["Scale", "data_scale", "intercept_inflation", "resolve"]
+
 #: lower bound used for data standard deviations that are zero (constant columns)
 _SD_FLOOR = 1e-8
 

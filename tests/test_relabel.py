@@ -71,10 +71,10 @@ def _permute(post, perms):
 
 
 def _loglik(model, post, x, y):
-    """Pointwise log-likelihood (chain, draw, obs) recomputed with model._log_likelihood."""
+    """Pointwise log-likelihood (chain, draw, obs) recomputed with model.log_likelihood."""
     C, D = next(iter(post.values())).shape[:2]
     flat = {k: jnp.asarray(np.asarray(v).reshape((C * D,) + v.shape[2:])) for k, v in post.items()}
-    ll = jax.jit(jax.vmap(lambda p: model._log_likelihood(p, jnp.asarray(x), jnp.asarray(y))))(flat)
+    ll = jax.jit(jax.vmap(lambda p: model.log_likelihood(p, jnp.asarray(x), jnp.asarray(y))))(flat)
     return np.asarray(ll).reshape(C, D, -1)
 
 

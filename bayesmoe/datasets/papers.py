@@ -12,6 +12,9 @@ import numpy as np
 from bayesmoe import experts, gates
 from bayesmoe.model import MoE
 
+__all__ = ["gaussian_gated", "glome", "simulate_dataset", "softmax_gated_gaussian",
+           "softmax_gated_gaussian_x"]
+
 
 def softmax_gated_gaussian() -> tuple[MoE, dict]:
     """Softmax-gated Gaussian MoE of arXiv 2305.03288 (section 1): d = 1, K* = 2.

@@ -25,7 +25,8 @@ from bayesmoe.model import MoE
 class Objective:
     """Negative log joint (``prior=True``) or log-likelihood per observation, in unconstrained space.
 
-    Hashable (by model identity), so that it can be a static argument of the compiled loop.
+    Hashable by model *value* (equal models hash equal), so that it is a static argument of the
+    compiled loop and equal models share one compilation.
     """
 
     model: Any
@@ -135,8 +136,9 @@ def _values(objective: Objective, u, data) -> dict:
     x, y, kwargs, floors = data
     theta = obj.constrain(objective.transforms(x, y, kwargs, floors), u)
     values = obj.all_values(objective.model, theta, (x, y), kwargs)
-    if isinstance(objective.model, MoE):  # the DESIGN.md sites: full rows, no free duplicates
-        values = {k: v for k, v in values.items() if not k.endswith("_free")}
+    if isinstance(objective.model, MoE):  # the user-facing sites: full rows, no free duplicates
+        names = objective.model.site_names(x.shape[1])
+        values = {k: v for k, v in values.items() if k in names}
     return values
 
 
@@ -156,5 +158,5 @@ def summary(objective: Objective, u, data):
     values = _values(objective, u, data)
     resp = None
     if isinstance(objective.model, MoE):
-        resp = objective.model.distribution(values, x).responsibilities(y)
+        resp = objective.model.responsibilities(values, x, y)
     return ll, lpost, values, resp

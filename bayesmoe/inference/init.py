@@ -1,19 +1,20 @@
-"""Data-driven starting points for MoE fits.
+"""Data-driven starting points for MoE fits, for any gate x expert.
 
-Each start seeds K centres with k-means++ on the standardised (x, y) (y weighted twice), runs a few
-Lloyd iterations, then fits every expert by least squares on its cluster and the gate from the
-clusters: for softmax gates the linear logits of a Gaussian classifier with a shared isotropic
-covariance (log n_k/n - |m_k|^2 / 2s^2 + m_k.f / s^2, re-expressed in the reference gauge), for
-Gaussian gates the clusters' proportions, means and standard deviations. Multinomial-logistic
-experts start from their cluster's class frequencies. Everything is plain numpy: it runs once.
+Each start is a soft partition of the data into K groups: k-means++ on the standardised (x, y) (y
+weighted twice; one-hot labels for finite-support experts) and a few Lloyd iterations, softened to
+memberships 0.95 / 0.05 so that no expert is empty. Each family then turns the soft weights into its
+own parameters (``Gate.init_params`` / ``Expert.init_params``: closed forms such as weighted least
+squares, or its M-step from a neutral point), all starts at once in one compiled, vmapped call.
 """
 
 from __future__ import annotations
 
+from functools import partial
+
+import jax
 import numpy as np
 
-from bayesmoe import experts as _experts
-from bayesmoe import gates as _gates
+__all__ = ["data_starts", "soft_partitions"]
 
 _EPS = 1e-6
 
@@ -37,80 +38,41 @@ def _kmeans(z: np.ndarray, K: int, rng: np.random.Generator, n_iter: int = 10) -
     return labels
 
 
-def _soft_weights(labels: np.ndarray, K: int, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Cluster memberships with a little mass everywhere (so no expert is empty)."""
-    w = np.full((n, K), 0.05 / K)
-    w[np.arange(n), labels] += 0.95
-    return w
+def _y_columns(support, y: np.ndarray) -> np.ndarray:
+    """y as clustering columns: one-hot labels for finite integer supports, standardised otherwise."""
+    lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
+    if getattr(support, "is_discrete", False) and lo == 0 and hi is not None:
+        return np.eye(int(hi) + 1)[np.asarray(y, int)] * 1.5
+    y = np.asarray(y, float)
+    return 2.0 * ((y - y.mean()) / (y.std() + _EPS))[:, None]
 
 
-def _wls(f: np.ndarray, y: np.ndarray, w: np.ndarray, ridge: float) -> tuple[float, np.ndarray, float]:
-    a = np.column_stack([np.ones(len(y)), f])
-    aw = a * w[:, None]
-    gram = a.T @ aw + ridge * np.eye(a.shape[1])
-    beta = np.linalg.solve(gram, aw.T @ y)
-    resid = y - a @ beta
-    var = np.sum(w * resid**2) / max(np.sum(w), _EPS)
-    return beta[0], beta[1:], float(np.sqrt(max(var, _EPS)))
-
-
-def one_start(model, x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> dict:
-    """One data-driven start (full params, site names of DESIGN.md)."""
+def soft_partitions(model, x: np.ndarray, y: np.ndarray, n_starts: int,
+                    rng: np.random.Generator) -> np.ndarray:
+    """``n_starts`` soft partitions of the rows into K groups, shape (S, n, K)."""
     K, n = model.n_experts, x.shape[0]
     xs = (x - x.mean(0)) / (x.std(0) + _EPS)
-    if model.is_classifier:
-        C = model.expert.n_classes
-        yz = np.eye(C)[y] * 1.5
-    else:
-        yz = 2.0 * ((y - y.mean()) / (y.std() + _EPS))[:, None]
-    labels = _kmeans(np.column_stack([xs, yz]), K, rng) if K > 1 else np.zeros(n, dtype=int)
-    w = _soft_weights(labels, K, n, rng)
-    nk = w.sum(0)
-    params: dict[str, np.ndarray] = {}
-
-    # gate
-    gate = model.gate
-    if isinstance(gate, _gates.Gaussian):
-        loc = (w.T @ x) / nk[:, None]
-        var = np.stack([(w[:, k:k + 1] * (x - loc[k]) ** 2).sum(0) / nk[k] for k in range(K)])
-        sd = np.sqrt(np.maximum(var, (1e-3 * x.std(0)) ** 2 + _EPS))
-        params.update(gate_weight=nk / nk.sum(), gate_loc=loc)
-        if gate.covariance == "full":
-            covs = []
-            for k in range(K):
-                r = x - loc[k]
-                covs.append((w[:, k:k + 1] * r).T @ r / nk[k] + np.diag(sd[k] ** 2) * 1e-3)
-            params["gate_cov"] = np.stack(covs)
-        else:
-            params["gate_scale"] = sd
-    else:
-        f = np.asarray(gate.features(x))
-        fm = (w.T @ f) / nk[:, None]
-        s2 = max(float(np.sum([(w[:, k:k + 1] * (f - fm[k]) ** 2).sum() for k in range(K)]))
-                 / (n * f.shape[1]), _EPS)
-        coef = fm / s2
-        icpt = np.log(nk / n) - 0.5 * np.sum(fm**2, 1) / s2
-        params.update(gate_intercept=icpt - icpt[-1], gate_coef=coef - coef[-1])
-
-    # experts
-    expert = model.expert
-    fe = np.asarray(expert.features(x))
-    if isinstance(expert, _experts.Categorical):
-        C = expert.n_classes
-        freq = np.stack([np.bincount(y, weights=w[:, k], minlength=C) for k in range(K)]) + 0.5
-        logf = np.log(freq / freq.sum(1, keepdims=True))
-        params.update(expert_intercept=logf - logf[:, -1:],
-                      expert_coef=np.zeros((K, C, fe.shape[1])))
-    else:
-        ridge = 1e-6 * n
-        fits = [_wls(fe, y, w[:, k], ridge) for k in range(K)]
-        params.update(expert_intercept=np.array([b for b, _, _ in fits]),
-                      expert_coef=np.stack([a for _, a, _ in fits]),
-                      expert_scale=np.array([s for _, _, s in fits]))
-    return params
+    z = np.column_stack([xs, _y_columns(model.expert.support, y)])
+    out = np.empty((n_starts, n, K))
+    for s in range(n_starts):
+        labels = _kmeans(z, K, rng) if K > 1 else np.zeros(n, dtype=int)
+        w = np.full((n, K), 0.05 / K)
+        w[np.arange(n), labels] += 0.95
+        out[s] = w
+    return out
 
 
-def data_starts(model, x: np.ndarray, y: np.ndarray, n_starts: int, seed: int) -> list[dict]:
-    """``n_starts`` data-driven starts (a list of full params dicts), reproducible from ``seed``."""
-    rng = np.random.default_rng(seed)
-    return [one_start(model, x, y, rng) for _ in range(n_starts)]
+@partial(jax.jit, static_argnums=0)
+def _params_from_weights(model, x, y, weights, floors):
+    def one(w):
+        params = dict(model.gate.init_params(x, w, floors))
+        params.update(model.expert.init_params(x, y, w, floors))
+        return model.regauge(params)
+
+    return jax.vmap(one)(weights)
+
+
+def data_starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) -> dict:
+    """``n_starts`` data-driven starts: full params (table sites) with a leading axis of starts."""
+    weights = soft_partitions(model, np.asarray(x), np.asarray(y), n_starts, rng)
+    return _params_from_weights(model, x, y, jax.numpy.asarray(weights, x.dtype), floors)

@@ -23,12 +23,15 @@ import numpy as np
 from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model
 
+from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import as_x, as_y_real, check_positive_int
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference import _optimize
 from bayesmoe.inference.init import data_starts
 from bayesmoe.inference.result import FitResult
 from bayesmoe.model import MoE
+
+__all__ = ["METHODS", "fit_map", "fit_mle"]
 
 METHODS = ("lbfgs", "adam", "em")
 
@@ -41,17 +44,7 @@ def _check_args(method, n_starts, max_steps, tol, seed):
         check_positive_int(max_steps, "max_steps")
     if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
         raise ValueError(f"`tol` must be a positive number, got {tol!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
-
-
-def _floors(model: MoE, x: np.ndarray, y: np.ndarray, scale_floor: float) -> dict:
-    out = {}
-    if not model.is_classifier:
-        out["expert_scale"] = jnp.asarray(scale_floor * max(float(np.std(y)), 1e-12))
-    if "gate_loc" in model._prior_names():
-        out["gate_scale"] = jnp.asarray(scale_floor * np.maximum(np.std(x, axis=0), 1e-12))
-    return out
+    return seed_int(seed, "seed")
 
 
 def _subsample(n: int, size: int, seed: int) -> np.ndarray:
@@ -78,15 +71,17 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         (random jittered starts and no named dims for the latter).
     :param method: ``"lbfgs"`` (default), ``"adam"`` or ``"em"``.
     :param n_starts: number of starts, run together (vmap).
-    :param seed: seed of the data-driven starts and their jitter.
+    :param seed: an int or a ``jax.random`` key: seed of the data-driven starts and their jitter.
     :param init: a params dict (site names) used as the first start; the others are jittered copies.
     :param max_steps: iteration cap (default 500 for lbfgs, 3000 for adam, 2000 for em).
     :param tol: relative change of the objective to stop at (default 1e-7 in float32, 1e-12 in x64).
-    :param scale_floor: lower bound of expert / gate standard deviations, relative to the data's sd.
+    :param scale_floor: lower bound of every floored scale (expert / gate standard deviations),
+        relative to the standard deviation of the variable it bounds (y, or each x column).
     :param screen_size: above ``2 * screen_size`` observations, starts are screened on a subsample.
     :returns: a :class:`FitResult` with ``params`` keyed by the site names of DESIGN.md.
     """
-    _check_args(method, n_starts, max_steps, tol, seed)
+    key = as_key(seed, "seed")
+    seed = _check_args(method, n_starts, max_steps, tol, seed)
     if isinstance(model, MoE):
         xa, ya = model.check_data(x, y)
         if ya is None:
@@ -100,23 +95,25 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
     n = xa.shape[0]
     if init is not None and isinstance(model, MoE):
-        model._check_params(init, xa.shape[1])
+        init = model.check_params(init, xa.shape[1], name="init")
     dtype = jnp.result_type(float)
     tol = tol if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-12)
     gtol = 1e-4 if dtype == jnp.float32 else 1e-8
     max_steps = max_steps or {"lbfgs": 500, "adam": 3000, "em": 2000}[method]
     x_j = jnp.asarray(xa, dtype)
-    y_j = jnp.asarray(ya) if (isinstance(model, MoE) and model.is_classifier) else jnp.asarray(ya, dtype)
-    key = jax.random.key(seed)
+    y_j = jnp.asarray(ya, model.y_dtype()) if isinstance(model, MoE) else jnp.asarray(ya, dtype)
 
     if isinstance(model, MoE):
         kwargs = {"data_scale": model.data_scale(xa, ya)}
-        floors = _floors(model, xa, ya, scale_floor)
-        starts = [init] if init is not None else []
+        floors = model.floors(xa, ya, scale_floor)
+        starts = [{k: jnp.asarray(v, dtype)[None] for k, v in init.items()}] if init is not None else []
         # the starts need the data's shape, not all of it
         rows = _subsample(n, screen_size, seed + 1) if n > screen_size else slice(None)
-        starts += data_starts(model, xa[rows], ya[rows], n_starts - len(starts), seed)
-        starts_free = [model.free_params(p) for p in starts]
+        if n_starts > len(starts):
+            starts.append(data_starts(model, x_j[rows], y_j[rows], n_starts - len(starts),
+                                      np.random.default_rng(seed), floors))
+        starts_free = model.free_params(
+            {k: jnp.concatenate([s_[k] for s_ in starts]) for k in starts[0]})
     else:
         kwargs, floors = {}, {}
         keys = jax.random.split(key, n_starts)
@@ -132,10 +129,9 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
             info = initialize_model(keys[i], model, init_strategy=init_to_uniform(radius=2),
                                     model_args=(x_j, y_j))[0]
             u_list.append(info.z)
+        u0 = _stack(u_list)
     else:
-        u_list = [obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in p.items()})
-                  for p in starts_free]
-    u0 = _stack(u_list)
+        u0 = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in starts_free.items()})
     # jittered copies: start 0 of every data-driven seed is kept as is
     noise_keys = jax.random.split(jax.random.fold_in(key, 1), len(u0))
     jit_mask = (jnp.arange(n_starts) % 2 == 1) if init is None else (jnp.arange(n_starts) > 0)
@@ -149,17 +145,15 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     if method == "em":
         from bayesmoe.inference.em import em_fit  # noqa: PLC0415
 
-        floor = float(floors.get("expert_scale", scale_floor))
         full0 = _optimize.site_values(objective, u0, (x_j, y_j, kwargs, floors))
         if n > 2 * screen_size and n_starts > 1:  # screen the starts on a subsample
             idx = _subsample(n, screen_size, seed)
-            em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol,
-                        scale_floor=floor)
+            em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol, floors=floors)
             start_ll = np.asarray(em.log_likelihood)
             best = int(np.nanargmax(start_ll))
             full0 = {k: v[best:best + 1] for k, v in em.params.items()}
             extra["screened_on"] = screen_size
-        em = em_fit(model, x_j, y_j, full0, max_steps=max_steps, tol=tol, scale_floor=floor)
+        em = em_fit(model, x_j, y_j, full0, max_steps=max_steps, tol=tol, floors=floors)
         if "screened_on" not in extra:
             start_ll = np.asarray(em.log_likelihood)
         best = int(np.nanargmax(np.asarray(em.log_likelihood)))

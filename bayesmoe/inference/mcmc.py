@@ -25,10 +25,14 @@ from arviz_base import from_dict
 from numpyro.infer import MCMC, NUTS, Predictive
 from numpyro.infer import log_likelihood as numpyro_log_likelihood
 
+from bayesmoe._draws import chunk_size, map_draws
+from bayesmoe._random import as_key
 from bayesmoe._validation import as_x, check_positive_int, column_names
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference.map import fit_map
 from bayesmoe.model import MoE
+
+__all__ = ["CHAIN_METHODS", "sample", "set_host_device_count"]
 
 CHAIN_METHODS = ("parallel", "vectorized", "sequential")
 
@@ -45,7 +49,7 @@ def _default_chain_method(num_chains: int) -> str:
 
 
 def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_warmup: int = 1000,
-           num_samples: int = 1000, seed: int = 0, init: str | dict = "map",
+           num_samples: int = 1000, seed: int | jax.Array = 0, init: str | dict = "map",
            chain_method: str | None = None, progress_bar: bool = True, relabel: bool = True,
            posterior_predictive: bool = True, target_accept_prob: float = 0.8,
            dense_mass: bool | None = None, init_jitter: float = 0.05, n_starts: int = 8,
@@ -59,8 +63,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     :param relabel: apply :func:`bayesmoe.relabel` (ECR) to undo label switching across draws.
     :param dense_mass: dense mass matrix (default: True when the model has <= 100 parameters).
     """
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise ValueError(f"`seed` must be an integer, got {seed!r}")
+    key = as_key(seed, "seed")
     check_positive_int(num_chains, "num_chains")
     check_positive_int(num_samples, "num_samples")
     check_positive_int(num_warmup, "num_warmup", minimum=0)
@@ -74,7 +77,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
         if ya is None:
             raise ValueError("`y` is required, got None")
         if isinstance(init, dict):
-            model._check_params(init, xa.shape[1])
+            init = model.check_params(init, xa.shape[1], name="init")
     elif callable(model):
         xa = as_x(x, "x")
         ya = np.asarray(y)
@@ -85,10 +88,12 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     features = column_names(x)
     dtype = jnp.result_type(float)
     x_j = jnp.asarray(xa, dtype)
-    y_j = jnp.asarray(ya) if (is_moe and model.is_classifier) or ya.dtype.kind in "iub" \
-        else jnp.asarray(ya, dtype)
+    if is_moe:
+        y_j = jnp.asarray(ya, model.y_dtype())
+    else:
+        y_j = jnp.asarray(ya) if ya.dtype.kind in "iub" else jnp.asarray(ya, dtype)
     kwargs = {"data_scale": model.data_scale(xa, ya)} if is_moe else {}
-    key_init, key_mcmc, key_ppc = jax.random.split(jax.random.key(seed), 3)
+    key_init, key_mcmc, key_ppc = jax.random.split(key, 3)
     sites = obj.latent_sites(model, (x_j, y_j), kwargs)
     tfs = obj.transforms(sites)
     n_latent = sum(int(np.prod(s["shape"])) for s in sites.values())
@@ -123,7 +128,8 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
 
     flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
     if is_moe:
-        post = {k: np.asarray(v) for k, v in samples.items() if not k.endswith("_free")}
+        names = model.site_names(xa.shape[1])
+        post = {k: np.asarray(v) for k, v in samples.items() if k in names}
         ll = _moe_pointwise_ll(model, flat, x_j, y_j, num_chains)
         log_lik = {"y": ll}
     else:
@@ -155,11 +161,11 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     dims = {"x": ["obs", "feature"], "y": ["obs"]}
     attrs = {"inference_library": "numpyro", "bayesmoe_chain_method": method}
     if is_moe:
-        n_k = model.n_experts
-        coords["expert"] = np.arange(n_k)
         pdims = model.param_dims(d)
         dims.update({k: list(v) for k, v in pdims.items() if k in post})
-        _extra_coords(model, coords, features, d)
+        names = features if features else [f"x{j}" for j in range(d)]
+        for dim, labels in model.coords(names).items():
+            coords.setdefault(dim, np.asarray(labels))
         if model.joint:
             dims["x_obs"] = ["obs", "feature"]
         attrs["bayesmoe_model"] = json.dumps(model.spec())
@@ -173,33 +179,16 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     return dt
 
 
-def _extra_coords(model: MoE, coords: dict, features, d: int) -> None:
-    names = features if features else [f"x{j}" for j in range(d)]
-    if getattr(model.expert, "degree", 1) > 1:
-        from bayesmoe.experts import feature_names  # noqa: PLC0415
-
-        coords["term"] = feature_names(names, model.expert.degree)
-    if model.is_classifier:
-        coords["class"] = np.arange(model.expert.n_classes)
-    gate_q = model.gate.n_features(d)
-    if gate_q != d:
-        coords["gate_feature"] = np.arange(gate_q)
-    if "gate_cov" in model.param_dims(d):
-        coords["feature_bis"] = names
-
-
 @partial(jax.jit, static_argnums=0)
 def _pointwise_ll(model: MoE, draws: dict, x, y):
     """log p(y_i | x_i, theta_s) for a batch of draws (compiled once per model and shapes)."""
-    return jax.vmap(lambda p: model._log_likelihood(p, x, y))(draws)
+    return jax.vmap(lambda p: model.log_likelihood(p, x, y))(draws)
 
 
 def _moe_pointwise_ll(model: MoE, flat: dict, x, y, num_chains: int) -> np.ndarray:
     """log p(y_i | x_i, theta_s) for every draw s: (chain, draw, obs), in chunks of draws."""
-    fn = partial(_pointwise_ll, model, x=x, y=y)
-    full = {k: v for k, v in flat.items() if not k.endswith("_free")}
-    S = next(iter(full.values())).shape[0]
-    step = max(1, int(2e7 // max(1, x.shape[0] * model.n_experts)))
-    out = np.concatenate([np.asarray(fn({k: v[i:i + step] for k, v in full.items()}))
-                          for i in range(0, S, step)])
-    return out.reshape((num_chains, S // num_chains, -1))
+    names = model.site_names(x.shape[1])
+    full = {k: v for k, v in flat.items() if k in names}
+    out = map_draws(lambda p: _pointwise_ll(model, p, x, y), full,
+                    chunk_size(x.shape[0] * model.n_experts))
+    return out.reshape((num_chains, out.shape[0] // num_chains, -1))

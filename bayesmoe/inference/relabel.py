@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import json
 import warnings
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -62,11 +63,13 @@ import numpy as np
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
 
+from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe.model import MoE
+
+__all__ = ["METHODS", "relabel"]
 
 METHODS = ("ecr", "stephens")
 SAMPLE_DIMS = ("chain", "draw")
-_GAUGE_VARS = ("gate_intercept", "gate_coef")
 _PERM_VAR = "relabel_permutation"
 
 
@@ -130,7 +133,7 @@ def relabel(idata, method: str = "ecr", *, model: MoE | None = None, max_iter: i
         if not all(d in ds.dims for d in SAMPLE_DIMS) or ds.sizes["chain"] != n_chain \
                 or ds.sizes["draw"] != n_draw:
             continue
-        new = _permute_dataset(ds, perms)
+        new = _permute_dataset(ds, perms, model.reference_dims())
         if node.path == "/sample_stats" and _PERM_VAR not in new:
             new = new.assign({_PERM_VAR: xr.DataArray(perms, dims=(*SAMPLE_DIMS, "expert"),
                                                       coords={"expert": post["expert"].values})})
@@ -183,8 +186,7 @@ def _data(idata, model: MoE):
     x = np.asarray(idata["constant_data"]["x"].values)
     y = np.asarray(idata["observed_data"]["y"].values)
     x = jnp.asarray(x[:, None] if x.ndim == 1 else x, dtype=jnp.result_type(float))
-    y = jnp.asarray(y, dtype=jnp.int32) if model.is_classifier else jnp.asarray(y, dtype=x.dtype)
-    return x, y
+    return x, jnp.asarray(y, model.y_dtype())
 
 
 def _pivot_draw(idata, S: int) -> int:
@@ -197,37 +199,30 @@ def _pivot_draw(idata, S: int) -> int:
     return int(np.argmax(ll)) if ll.shape[0] == S else 0
 
 
-def _flat_params(post: xr.Dataset) -> dict[str, np.ndarray]:
-    """Posterior variables with an ``expert`` dim as (S, K, ...) arrays."""
+def _flat_params(post: xr.Dataset, names: set[str]) -> dict[str, np.ndarray]:
+    """The model's posterior sites as (S, ...) arrays (chains and draws flattened)."""
     out = {}
     for name, da in post.data_vars.items():
-        if "expert" in da.dims:
-            v = da.transpose(*SAMPLE_DIMS, "expert", ...).values
+        if str(name) in names:
+            v = da.transpose(*SAMPLE_DIMS, ...).values
             out[str(name)] = v.reshape((-1,) + v.shape[2:])
     return out
 
 
-def _memberships(model: MoE, post: xr.Dataset, x, y, chunk: int | None, argmax: bool) -> np.ndarray:
-    """Memberships p_ik^(s), (S, n, K) float32, or the MAP allocations argmax_k, (S, n) int."""
-    params = _flat_params(post)
-    S = next(iter(params.values())).shape[0]
-    n, K = x.shape[0], model.n_experts
-    step = chunk if chunk is not None else max(1, int(2e7 // max(1, n * K)))
-    step = min(step, S)
-
+@partial(jax.jit, static_argnums=(0, 4))
+def _membership_batch(model: MoE, params: dict, x, y, argmax: bool):
     def one(p):
-        r = model.distribution(p, x).responsibilities(y)
+        r = model.responsibilities(p, x, y)
         return jnp.argmax(r, axis=-1).astype(jnp.int32) if argmax else r.astype(jnp.float32)
 
-    fn = jax.jit(jax.vmap(one))
-    out = np.empty((S, n) if argmax else (S, n, K), dtype=np.int32 if argmax else np.float32)
-    for i in range(0, S, step):
-        j = min(i + step, S)
-        # pad the last chunk to the full size so the function compiles once
-        idx = np.minimum(np.arange(i, i + step), S - 1)
-        res = np.asarray(fn({k: jnp.asarray(v[idx]) for k, v in params.items()}))
-        out[i:j] = res[: j - i]
-    return out
+    return jax.vmap(one)(params)
+
+
+def _memberships(model: MoE, post: xr.Dataset, x, y, chunk: int | None, argmax: bool) -> np.ndarray:
+    """Memberships p_ik^(s), (S, n, K) float32, or the MAP allocations argmax_k, (S, n) int."""
+    params = _flat_params(post, model.site_names(x.shape[1]))
+    step = chunk if chunk is not None else chunk_size(x.shape[0] * model.n_experts)
+    return map_draws(lambda p: _membership_batch(model, p, x, y, argmax), params, step)
 
 
 # ----------------------------------------------------------------------------- algorithms
@@ -298,8 +293,9 @@ def _stephens(p: np.ndarray, start: int, max_iter: int):
 
 
 # ----------------------------------------------------------------------------- applying permutations
-def _permute_dataset(ds: xr.Dataset, perms: np.ndarray) -> xr.Dataset:
-    """Permute the expert axis of every (chain, draw, expert, ...) variable; re-gauge softmax gates."""
+def _permute_dataset(ds: xr.Dataset, perms: np.ndarray, reference: dict[str, str]) -> xr.Dataset:
+    """Permute the expert axis of every (chain, draw, expert, ...) variable, then put the sites with a
+    reference entry on the expert dim back in their gauge (``reference``: site -> reference dim)."""
     names = [k for k, v in ds.data_vars.items() if "expert" in v.dims
              and all(d in v.dims for d in SAMPLE_DIMS)]
     if not names:
@@ -311,13 +307,9 @@ def _permute_dataset(ds: xr.Dataset, perms: np.ndarray) -> xr.Dataset:
         v = np.asarray(t.values)
         idx = perms.reshape(perms.shape + (1,) * (v.ndim - 3))
         v = np.take_along_axis(v, idx, axis=2)
-        if name in _GAUGE_VARS:
-            v = v - v[:, :, -1:]
         ds[name] = t.copy(data=v).transpose(*da.dims)
-    for name in _GAUGE_VARS:  # the free (non-reference) rows of softmax gates, if stored
-        free = f"{name}_free"
-        if name in names and free in ds.data_vars and "expert_free" in ds[free].dims:
-            full = ds[name].transpose(*SAMPLE_DIMS, "expert", ...).values[:, :, :-1]
-            fda = ds[free].transpose(*SAMPLE_DIMS, "expert_free", ...)
-            ds[free] = fda.copy(data=full.astype(fda.dtype)).transpose(*ds[free].dims)
+        ref = reference.get(str(name))
+        if ref == "expert":
+            ds[name] = ds[name] - ds[name].isel(expert=-1, drop=True)
+            ds[name] = ds[name].transpose(*da.dims)
     return ds

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+__all__ = ["FitResult"]
+
 
 @dataclass(frozen=True)
 class FitResult:

@@ -1,0 +1,105 @@
+r"""The math layer: pure JAX functions shared by the families, EM, MCMC, plots and tests (no NumPyro).
+
+A mixture of experts has the conditional density
+
+.. math::  p(y | x) = \sum_{k=1}^K g_k(x)\, p_k(y | x),
+
+computed in log space: with :math:`\ell_{ik} = \log g_k(x_i) + \log p_k(y_i | x_i)` the pointwise
+log-likelihood is :math:`\log\sum_k e^{\ell_{ik}}` (log-sum-exp) and the posterior expert memberships
+(responsibilities, the E-step of EM) are :math:`r_{ik} = e^{\ell_{ik} - \log\sum_j e^{\ell_{ij}}}`.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+from jax.scipy.special import logsumexp
+
+__all__ = ["gaussian_log_components", "gaussian_log_components_diag", "gaussian_tril",
+           "log_joint_terms", "monomials", "moe_log_likelihood", "polynomial_features",
+           "responsibilities", "softmax_log_weights", "with_intercept"]
+
+
+# ----------------------------------------------------------------------------- mixtures
+def log_joint_terms(log_gate: jnp.ndarray, log_expert: jnp.ndarray) -> jnp.ndarray:
+    r""":math:`\ell_{ik} = \log g_k(x_i) + \log p_k(y_i | x_i)`, shape (n, K)."""
+    return log_gate + log_expert
+
+
+def moe_log_likelihood(log_gate: jnp.ndarray, log_expert: jnp.ndarray) -> jnp.ndarray:
+    r"""Pointwise :math:`\log \sum_k g_k(x_i) p_k(y_i | x_i)`, shape (n,)."""
+    return logsumexp(log_joint_terms(log_gate, log_expert), axis=-1)
+
+
+def responsibilities(log_gate: jnp.ndarray, log_expert: jnp.ndarray) -> jnp.ndarray:
+    r"""Posterior expert memberships :math:`r_{ik} \propto g_k(x_i) p_k(y_i | x_i)`, shape (n, K)."""
+    return jax.nn.softmax(log_joint_terms(log_gate, log_expert), axis=-1)
+
+
+# ----------------------------------------------------------------------------- regressors
+def monomials(d: int, degree: int) -> list[tuple[int, ...]]:
+    """Index tuples of all monomials of d inputs with total degree 1..degree, by degree then lexically."""
+    return [c for k in range(1, degree + 1)
+            for c in itertools.combinations_with_replacement(range(d), k)]
+
+
+def polynomial_features(x: jnp.ndarray, degree: int) -> jnp.ndarray:
+    """All monomials of the columns of x (n, d) of total degree 1..degree, shape (n, p)."""
+    x = jnp.asarray(x)
+    if degree == 1:
+        return x
+    cols = [jnp.prod(x[:, list(m)], axis=1) for m in monomials(x.shape[-1], degree)]
+    return jnp.stack(cols, axis=1)
+
+
+def with_intercept(f: jnp.ndarray) -> jnp.ndarray:
+    """The design ``[1, f]`` of regressors f (n, p): shape (n, p + 1)."""
+    return jnp.concatenate([jnp.ones((f.shape[0], 1), f.dtype), f], axis=1)
+
+
+# ----------------------------------------------------------------------------- gates
+def softmax_log_weights(intercept: jnp.ndarray, coef: jnp.ndarray,
+                        features: jnp.ndarray) -> jnp.ndarray:
+    r""":math:`\log \mathrm{softmax}_k(\beta_{0k} + \beta_{1k}^\top f(x_i))` for features (n, q),
+    intercept (K,), coef (K, q); shape (n, K)."""
+    logits = features @ jnp.swapaxes(coef, -1, -2) + intercept[..., None, :]
+    return jax.nn.log_softmax(logits, axis=-1)
+
+
+def gaussian_tril(scale: jnp.ndarray, corr_chol: jnp.ndarray | None = None) -> jnp.ndarray:
+    r"""Cholesky factor :math:`L_k = \mathrm{diag}(s_k) C_k` of :math:`\Gamma_k = L_k L_k^\top`.
+
+    ``scale`` (..., d) standard deviations, ``corr_chol`` (..., d, d) Cholesky factors of the
+    correlation matrices (None: diagonal covariance).
+    """
+    scale = jnp.asarray(scale)
+    if corr_chol is None:
+        return scale[..., :, None] * jnp.eye(scale.shape[-1], dtype=scale.dtype)
+    return scale[..., :, None] * jnp.asarray(corr_chol)
+
+
+def gaussian_log_components(weight: jnp.ndarray, loc: jnp.ndarray, scale_tril: jnp.ndarray,
+                            x: jnp.ndarray) -> jnp.ndarray:
+    r""":math:`\log \pi_k + \log N(x_i | c_k, L_k L_k^\top)`, shape (n, K), for weight (K,),
+    loc (K, d), L (K, d, d) lower triangular."""
+    d = x.shape[-1]
+    diff = x[:, None, :] - loc[None, :, :]  # (n, K, d)
+    z = jax.vmap(lambda L, r: solve_triangular(L, r.T, lower=True).T, in_axes=(0, 1),
+                 out_axes=1)(scale_tril, diff)
+    half_logdet = jnp.sum(jnp.log(jnp.abs(jnp.diagonal(scale_tril, axis1=-2, axis2=-1))), -1)
+    log_norm = -0.5 * jnp.sum(z**2, -1) - half_logdet - 0.5 * d * math.log(2 * math.pi)
+    return jnp.log(weight) + log_norm
+
+
+def gaussian_log_components_diag(weight: jnp.ndarray, loc: jnp.ndarray, scale: jnp.ndarray,
+                                 x: jnp.ndarray) -> jnp.ndarray:
+    r"""As :func:`gaussian_log_components` with diagonal covariance, ``scale`` (K, d) sds."""
+    d = x.shape[-1]
+    z = (x[:, None, :] - loc[None]) / scale[None]
+    log_norm = (-0.5 * jnp.sum(z**2, -1) - jnp.sum(jnp.log(scale), -1)
+                - 0.5 * d * math.log(2 * math.pi))
+    return jnp.log(weight) + log_norm

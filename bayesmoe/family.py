@@ -1,0 +1,553 @@
+r"""The family contract: what a gate or an expert is, for every workflow of the package.
+
+A family (a gate or an expert) is a small immutable value (a frozen dataclass: equal families hash
+equal, so compiled code is cached by *value*) that subclasses :class:`Gate` or :class:`Expert` and
+declares **once** a table of its parameter sites (:meth:`Family.param_table`, a tuple of
+:class:`Param`). Everything generic is derived from that table here, never written per family:
+
+* the NumPyro sample sites and their default (data-scaled) priors (:meth:`Family.sample`);
+* the prior names, the parameter checks (keys, every axis of every shape, finiteness, support),
+  :meth:`Family.n_params`, ArviZ dims and coords;
+* the free <-> full conversion (:meth:`Family.to_free` / :meth:`Family.to_full`): a site with an
+  identifiability rule (``reference="expert"`` or ``"class"``: the last entry along that dim is fixed
+  at zero) is sampled as its free part ``<name>_free`` and exposed in full as a deterministic site;
+  the gauge (:meth:`Family.regauge`) used after relabelling; sites without free parameters
+  (K = 1 reference rows, a 1 x 1 correlation, a one-expert simplex) are constants;
+* the maps to unconstrained space (with explicit lower bounds for scales, ``Param.floor``), random
+  test parameters, a neutral starting point, and a generic generalised-EM M-step
+  (:meth:`Family.em_update`: damped Newton on the responsibility-weighted complete-data objective,
+  accepted only when it increases, so EM stays monotone) for families without a closed form.
+
+A family supplies its own math (log gate weights, expert log densities, component distributions,
+means), the support of y (experts: a NumPyro constraint that drives validation and dtype),
+data-driven starting values from soft weights, and optionally a closed-form M-step
+(:meth:`Gate.em_mstep`, :meth:`Expert.em_mstep`). Code that consumes a family calls these methods
+only. A family written outside the package against these bases works in every workflow
+(``fit_mle``/``fit_map`` with L-BFGS, Adam or EM, ``sample``, ``relabel``, ``predict``, plots, specs).
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import importlib
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import numpyro
+import numpyro.distributions as dist
+from jax.flatten_util import ravel_pytree
+from numpyro.distributions import constraints
+from numpyro.distributions.transforms import AffineTransform, ComposeTransform, ExpTransform
+
+from bayesmoe import priors as _priors
+from bayesmoe._solvers import newton_ascent
+
+__all__ = ["REGRESSOR", "Expert", "Family", "Gate", "Param"]
+
+Params = dict[str, Any]
+#: placeholder in ``Param.dims`` for the family's regressor dim (``feature``, ``term``, ...)
+REGRESSOR = "<regressor>"
+_REGISTRY: dict[str, type] = {}
+# Newton iterations of the generic M-step per EM step, and for a data-driven start
+_GEM_STEPS = 5
+_INIT_STEPS = 50
+
+
+@dataclasses.dataclass(frozen=True)
+class Param:
+    """One row of a family's parameter table.
+
+    :param name: the site name (``gate_coef``, ``expert_scale``, ...), shared by priors, fitted params,
+        the posterior and ``simulate``.
+    :param shape: symbols or ints, e.g. ``("K", "p")``; symbols are looked up in
+        :meth:`Family.sizes` (``K`` experts, ``d`` inputs, ``p`` the family's regressors, ``C``
+        classes, or any symbol the family adds).
+    :param dims: ArviZ dim names, one per axis (``REGRESSOR`` for the family's regressor dim).
+    :param constraint: the NumPyro constraint of the site (its support).
+    :param prior: ``prior(scale, sizes) -> Distribution``: the default prior, stated in the data's
+        units (``scale`` a :class:`bayesmoe.priors.Scale` of the family's regressors and of y),
+        broadcastable to the free shape.
+    :param reference: a dim name whose last entry is fixed at zero (identifiability), or None.
+    :param floor: ``"y"`` or ``"x"``: a positive scale bounded below by ``scale_floor`` times the
+        spread of that variable in maximum-likelihood fits; None for no floor.
+    """
+
+    name: str
+    shape: tuple
+    dims: tuple
+    constraint: Any
+    prior: Callable
+    reference: str | None = None
+    floor: str | None = None
+
+    @property
+    def site(self) -> str:
+        """Name of the sample site: ``<name>_free`` when a reference entry is fixed, else the name."""
+        return f"{self.name}_free" if self.reference else self.name
+
+    def ref_axis(self) -> int:
+        """The reference axis, counted from the end (so leading batch axes are allowed)."""
+        return self.dims.index(self.reference) - len(self.dims)
+
+    def full_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(int(sizes[s]) if isinstance(s, str) else int(s) for s in self.shape)
+
+    def free_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        shape = list(self.full_shape(sizes))
+        if self.reference:
+            shape[self.ref_axis()] -= 1
+        return tuple(shape)
+
+    def bijection(self):
+        return dist.biject_to(self.constraint)
+
+    def unconstrained_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        return tuple(self.bijection().inverse_shape(self.free_shape(sizes)))
+
+    def n_free(self, sizes: Mapping[str, int]) -> int:
+        return int(np.prod(self.unconstrained_shape(sizes), dtype=np.int64))
+
+    def constant(self, sizes: Mapping[str, int], dtype) -> jnp.ndarray:
+        """The value of a site without free parameters."""
+        if self.reference:
+            return jnp.zeros(self.full_shape(sizes), dtype)
+        return self.bijection()(jnp.zeros(self.unconstrained_shape(sizes), dtype))
+
+
+def _in_support(constraint, a: np.ndarray, tol: float = 1e-4) -> bool:
+    """Whether ``a`` lies in the support, with a rounding tolerance for simplex and correlation
+    factors (values computed in float32 are accepted)."""
+    if constraint is constraints.simplex:
+        return bool(np.all(a >= 0) and np.all(np.abs(a.sum(-1) - 1) <= tol))
+    if constraint is constraints.corr_cholesky:
+        norms = np.linalg.norm(a, axis=-1)
+        return bool(np.all(np.triu(a, 1) == 0) and np.all(np.diagonal(a, axis1=-2, axis2=-1) > 0)
+                    and np.all(np.abs(norms - 1) <= tol))
+    return bool(np.all(np.asarray(constraint.check(a))))
+
+
+def _float_dtype():
+    return jnp.result_type(float)
+
+
+class Family(abc.ABC):
+    """Common base of :class:`Gate` and :class:`Expert` (see the module docstring).
+
+    Subclasses are immutable values: make them ``@dataclasses.dataclass(frozen=True)`` (the fields
+    are the family's configuration, e.g. ``degree``), and implement :meth:`param_table`.
+    """
+
+    role: ClassVar[str] = "family"
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[f"{cls.__module__}.{cls.__qualname__}"] = cls
+
+    # ------------------------------------------------------------------ what a family declares
+    @abc.abstractmethod
+    def param_table(self) -> tuple[Param, ...]:
+        """The parameter sites of this family, each declared once."""
+
+    def n_features(self, d: int) -> int:
+        """Number of regressors for d inputs (``p`` in shapes)."""
+        return d
+
+    def features(self, x: jnp.ndarray) -> jnp.ndarray:
+        """The family's regressors of x (n, d), shape (n, p)."""
+        return jnp.asarray(x)
+
+    def regressor_dim(self, d: int) -> str:
+        """ArviZ dim name of the regressor axis."""
+        return "feature"
+
+    def regressor_names(self, names: list[str]) -> list:
+        """Coordinate labels of the regressor axis, given the input names."""
+        return list(names) if self.n_features(len(names)) == len(names) else list(
+            range(self.n_features(len(names))))
+
+    def sizes(self, K: int, d: int) -> dict[str, int]:
+        """Values of the shape symbols. Override to add symbols (e.g. ``C``)."""
+        return {"K": int(K), "d": int(d), "p": int(self.n_features(d))}
+
+    def coords(self, names: list[str]) -> dict[str, list]:
+        """ArviZ coords of the family's own dims (the expert and feature dims are the model's)."""
+        return {self.regressor_dim(len(names)): self.regressor_names(names)}
+
+    def canonical(self, params: Params) -> Params:
+        """Convert accepted alternative parametrisations to the table's sites (default: as is)."""
+        return params
+
+    def derived(self, params: Params) -> Params:
+        """Deterministic sites computed from the table's sites (default: none)."""
+        return {}
+
+    def derived_dims(self) -> dict[str, tuple[str, ...]]:
+        """ArviZ dims of the sites of :meth:`derived`."""
+        return {}
+
+    def em_prepare(self, x: jnp.ndarray, y: jnp.ndarray | None) -> Any:
+        """Data computed once per EM run and passed to the M-step (default: none)."""
+        return None
+
+    @property
+    def label(self) -> str:
+        """A human name for figures and messages."""
+        return repr(self)
+
+    # ------------------------------------------------------------------ specs
+    def spec(self) -> dict:
+        """A JSON-able description: the class path and the dataclass fields."""
+        out = {"family": f"{type(self).__module__}.{type(self).__qualname__}"}
+        if dataclasses.is_dataclass(self):
+            for f in dataclasses.fields(self):
+                if f.init:
+                    out[f.name] = getattr(self, f.name)
+        return out
+
+    @staticmethod
+    def from_spec(spec: Mapping, role: str = "family") -> Family:
+        """Rebuild a family from :meth:`spec`; an unknown family is a clear error."""
+        if not isinstance(spec, Mapping) or "family" not in spec:
+            raise ValueError(f"a {role} spec must be a dict with a 'family' key, got {spec!r}")
+        path = str(spec["family"])
+        cls = _REGISTRY.get(path)
+        if cls is None and "." in path and "<locals>" not in path:
+            module, _, name = path.rpartition(".")
+            try:
+                cls = getattr(importlib.import_module(module), name, None)
+            except ImportError:
+                cls = None
+        if cls is None or not (isinstance(cls, type) and issubclass(cls, Family)):
+            raise ValueError(f"unknown {role} family {path!r}: define or import it before rebuilding "
+                             "the model, or pass the model itself (model=...)")
+        kwargs = {k: v for k, v in spec.items() if k != "family"}
+        return cls(**kwargs)
+
+    # ------------------------------------------------------------------ derived from the table
+    def prior_names(self) -> set[str]:
+        return {p.name for p in self.param_table()}
+
+    def param_shapes(self, K: int, d: int) -> dict[str, tuple[int, ...]]:
+        sizes = self.sizes(K, d)
+        return {p.name: p.full_shape(sizes) for p in self.param_table()}
+
+    def n_params(self, K: int, d: int) -> int:
+        """Number of free parameters (reference entries and constraints accounted for)."""
+        sizes = self.sizes(K, d)
+        return int(sum(p.n_free(sizes) for p in self.param_table()))
+
+    def param_dims(self, d: int, free: bool = False) -> dict[str, tuple[str, ...]]:
+        """ArviZ dims of every full site (and of the free sites with ``free=True``)."""
+        reg = self.regressor_dim(d)
+        out = {}
+        for p in self.param_table():
+            dims = tuple(reg if s == REGRESSOR else s for s in p.dims)
+            out[p.name] = dims
+            if free and p.reference:
+                out[p.site] = tuple(f"{s}_free" if s == p.reference else s for s in dims)
+        out.update(self.derived_dims())
+        return out
+
+    def reference_dims(self) -> dict[str, str]:
+        """``{site name: dim}`` for sites with a reference entry fixed at zero."""
+        return {p.name: p.reference for p in self.param_table() if p.reference}
+
+    def floor_sites(self) -> dict[str, str]:
+        """``{site name: "x" | "y"}`` for scales with an explicit lower bound."""
+        return {p.name: p.floor for p in self.param_table() if p.floor}
+
+    def check_params(self, params: Mapping, K: int, d: int, *, batch_ndim: int = 0,
+                     name: str = "params") -> Params:
+        """Check keys, shapes (every axis), finiteness and support; return the table's sites.
+
+        Raises ``ValueError`` naming ``name[site]`` and the expected and received shapes.
+        """
+        if not isinstance(params, Mapping):
+            raise ValueError(f"`{name}` must be a dict keyed by site name, got {type(params).__name__}")
+        params = self.canonical(dict(params))
+        sizes = self.sizes(K, d)
+        missing = sorted(p.name for p in self.param_table() if p.name not in params)
+        if missing:
+            raise ValueError(f"`{name}` is missing site(s) {missing} of {self!r}")
+        out, batch = {}, None
+        for p in self.param_table():
+            a = np.asarray(params[p.name])
+            if a.dtype.kind not in "iufb":
+                raise ValueError(f"`{name}[{p.name!r}]` must be numeric, got dtype {a.dtype}")
+            want = p.full_shape(sizes)
+            lead = a.shape[:batch_ndim]
+            if a.ndim != len(want) + batch_ndim or a.shape[batch_ndim:] != want:
+                extra = " with a leading axis of S starts (add [None] for one start)" if batch_ndim else ""
+                raise ValueError(f"`{name}[{p.name!r}]` must have shape {want}{extra} for {self!r} "
+                                 f"with K = {K}, d = {d}; got {a.shape}")
+            if batch is None:
+                batch = lead
+            elif lead != batch:
+                raise ValueError(f"`{name}[{p.name!r}]` has leading shape {lead} but other sites "
+                                 f"have {batch}")
+            if not np.all(np.isfinite(a)):
+                raise ValueError(f"`{name}[{p.name!r}]` contains NaN or infinite values")
+            if not _in_support(p.constraint, a.astype(float)):
+                raise ValueError(f"`{name}[{p.name!r}]` is outside its support "
+                                 f"({type(p.constraint).__name__}): e.g. scales must be positive, "
+                                 "weights on the simplex")
+            out[p.name] = a
+        return out
+
+    def to_free(self, params: Mapping) -> Params:
+        """Sample-site values of full parameters: reference entries dropped after re-gauging, sites
+        without free parameters omitted. Leading batch axes are kept."""
+        out = {}
+        for p in self.param_table():
+            v = jnp.asarray(params[p.name])
+            if p.reference:
+                ax = p.ref_axis()
+                v = v - jax.lax.slice_in_dim(v, v.shape[ax] - 1, v.shape[ax], axis=v.ndim + ax)
+                if v.shape[ax] == 1:
+                    continue
+                v = jax.lax.slice_in_dim(v, 0, v.shape[ax] - 1, axis=v.ndim + ax)
+            elif p.bijection().inverse_shape(v.shape)[-1:] == (0,):
+                continue
+            out[p.site] = v
+        return out
+
+    def to_full(self, free: Mapping, K: int, d: int) -> Params:
+        """Full parameters (reference entries as zeros, constants filled, derived sites added) from
+        sample-site values; leading batch axes are kept."""
+        sizes = self.sizes(K, d)
+        out = {}
+        batch = None
+        for p in self.param_table():
+            if p.site in free:
+                v = jnp.asarray(free[p.site])
+                batch = v.shape[: v.ndim - len(p.shape)]
+        batch = batch or ()
+        for p in self.param_table():
+            if p.site not in free:
+                c = p.constant(sizes, _float_dtype())
+                out[p.name] = jnp.broadcast_to(c, batch + c.shape)
+                continue
+            v = jnp.asarray(free[p.site])
+            out[p.name] = _append_zero(v, p) if p.reference else v
+        out.update(self.derived(out))
+        return out
+
+    def regauge(self, params: Mapping) -> Params:
+        """The same parameters in the reference gauge (reference entries subtracted)."""
+        out = dict(params)
+        for p in self.param_table():
+            if p.reference and p.name in out:
+                v = jnp.asarray(out[p.name])
+                ax = v.ndim + p.ref_axis()
+                out[p.name] = v - jax.lax.slice_in_dim(v, v.shape[ax] - 1, v.shape[ax], axis=ax)
+        return out
+
+    def transforms(self, floors: Mapping | None = None) -> dict:
+        """Bijections from unconstrained space to every sample site's support; sites named in
+        ``floors`` (positive scales) use ``floor + exp(u)``: an explicit lower bound."""
+        floors = floors or {}
+        out = {}
+        for p in self.param_table():
+            if p.name in floors:
+                out[p.site] = ComposeTransform([ExpTransform(), AffineTransform(floors[p.name], 1.0)])
+            else:
+                out[p.site] = p.bijection()
+        return out
+
+    def random_params(self, rng: np.random.Generator, K: int, d: int) -> Params:
+        """Random valid full parameters (numpy): unconstrained values uniform in (-1, 1)."""
+        sizes = self.sizes(K, d)
+        free = {}
+        for p in self.param_table():
+            shape = p.unconstrained_shape(sizes)
+            if int(np.prod(shape, dtype=np.int64)) == 0:
+                continue
+            u = jnp.asarray(rng.uniform(-1.0, 1.0, size=shape), _float_dtype())
+            free[p.site] = p.bijection()(u)
+        return {k: np.asarray(v) for k, v in self.to_full(free, K, d).items()}
+
+    def neutral_params(self, K: int, d: int, dtype=None) -> Params:
+        """Unconstrained zeros mapped to every site: a neutral starting point."""
+        sizes = self.sizes(K, d)
+        dtype = dtype or _float_dtype()
+        free = {p.site: p.bijection()(jnp.zeros(p.unconstrained_shape(sizes), dtype))
+                for p in self.param_table() if p.n_free(sizes) > 0}
+        return self.to_full(free, K, d)
+
+    def sample(self, n_experts: int, d: int, scale: _priors.Scale,
+               priors: Mapping | None = None) -> Params:
+        """Declare the family's NumPyro sample sites with their priors; return full parameters.
+
+        ``scale`` is the :class:`~bayesmoe.priors.Scale` of this family's regressors (and of y),
+        the unit the default priors are stated in; ``priors`` overrides them by site name.
+        """
+        K = n_experts
+        sizes = self.sizes(K, d)
+        dtype = jnp.result_type(scale.mean.dtype, float)
+        out = {}
+        for p in self.param_table():
+            if p.n_free(sizes) == 0:
+                out[p.name] = numpyro.deterministic(p.name, p.constant(sizes, dtype))
+                continue
+            shape = p.free_shape(sizes)
+            prior = _priors.resolve(priors, p.name, p.prior(scale, sizes), shape)
+            v = numpyro.sample(p.site, prior)
+            if p.reference:
+                v = numpyro.deterministic(p.name, _append_zero(v, p))
+            out[p.name] = v
+        for k, v in self.derived(out).items():
+            out[k] = numpyro.deterministic(k, v)
+        return out
+
+    # ------------------------------------------------------------------ generic EM pieces
+    @abc.abstractmethod
+    def em_objective(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
+                     joint: bool) -> jnp.ndarray:
+        """The family's part of the expected complete-data log-likelihood :math:`Q`."""
+
+    def em_update(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
+                  floors: Mapping, cache: Any, joint: bool, n_steps: int = _GEM_STEPS) -> Params:
+        """One M-step: the family's closed form (:meth:`em_mstep`) when it has one, else
+        ``n_steps`` damped Newton steps on :meth:`em_objective` in the unconstrained free
+        parametrisation (accepted only when :math:`Q` increases: a generalised EM step)."""
+        new = self.em_mstep(params, r, x, y, floors, cache, joint)
+        if new is not None:
+            return new
+        return self.generic_mstep(params, r, x, y, floors, joint, n_steps)
+
+    def em_mstep(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
+                 floors: Mapping, cache: Any, joint: bool) -> Params | None:
+        """A closed-form (or family-specific) M-step, or None to use the generic one."""
+        return None
+
+    def generic_mstep(self, params: Params, r, x, y, floors: Mapping, joint: bool,
+                      n_steps: int = _GEM_STEPS) -> Params:
+        """Damped Newton ascent of :meth:`em_objective` over this family's free parameters."""
+        K = r.shape[-1]
+        d = x.shape[-1]
+        tfs = self.transforms(floors)
+        free = self.to_free(params)
+        # a scale exactly at its floor maps to -inf: start just above it
+        u0 = {k: jnp.nan_to_num(tfs[k].inv(v), neginf=-30.0) for k, v in free.items()}
+        if not u0:
+            return dict(params)
+        flat0, unravel = ravel_pytree(u0)
+
+        def q(flat):
+            u = unravel(flat)
+            full = self.to_full({k: tfs[k](v) for k, v in u.items()}, K, d)
+            val = self.em_objective({**params, **full}, r, x, y, joint)
+            return jnp.where(jnp.isfinite(val), val, -jnp.inf)
+
+        flat, _, _ = newton_ascent(q, flat0, max_iter=n_steps)
+        u = unravel(flat)
+        return {**params, **self.to_full({k: tfs[k](v) for k, v in u.items()}, K, d)}
+
+
+def _append_zero(v: jnp.ndarray, p: Param) -> jnp.ndarray:
+    ax = v.ndim + p.ref_axis()
+    zshape = list(v.shape)
+    zshape[ax] = 1
+    return jnp.concatenate([v, jnp.zeros(zshape, v.dtype)], axis=ax)
+
+
+class Gate(Family):
+    r"""Base of gating families: :math:`g_k(x)`, the probability of expert k at x.
+
+    Implement :meth:`param_table` and :meth:`log_weights` (normalised log gate probabilities,
+    (n, K)). Gates that also model x (``models_x = True``, e.g. the Gaussian gate of GLLiM) implement
+    :meth:`log_components` (:math:`\log \pi_k + \log p_k(x)`), :meth:`x_distribution` and
+    :meth:`sample_x`. Optional: :meth:`init_params` (a data-driven start from soft weights) and
+    :meth:`em_mstep`.
+    """
+
+    role: ClassVar[str] = "gate"
+    models_x: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def log_weights(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """Normalised log gate probabilities (n, K) (each row log-sums to 0)."""
+
+    def log_components(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        r""":math:`\log \pi_k + \log p_k(x_i)`, (n, K): only for gates that model x."""
+        raise NotImplementedError(f"{self!r} does not model x (models_x is False)")
+
+    def log_marginal(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        r""":math:`\log p(x_i) = \log\sum_k \pi_k p_k(x_i)`, shape (n,)."""
+        return jax.scipy.special.logsumexp(self.log_components(params, x), axis=-1)
+
+    def x_distribution(self, params: Params) -> dist.Distribution:
+        """The distribution of one input x (a NumPyro distribution with event shape (d,))."""
+        raise NotImplementedError(f"{self!r} does not model x (models_x is False)")
+
+    def sample_x(self, key: jax.Array, params: Params, n: int) -> jnp.ndarray:
+        """Draw n inputs from the gate's model of x."""
+        return self.x_distribution(params).sample(key, (n,))
+
+    def log_terms(self, params: Params, x: jnp.ndarray, joint: bool) -> jnp.ndarray:
+        """The gate's term of :math:`\\ell_{ik}`: log components (joint) or log weights."""
+        return self.log_components(params, x) if joint else self.log_weights(params, x)
+
+    def em_objective(self, params, r, x, y, joint):
+        return jnp.sum(r * self.log_terms(params, x, joint))
+
+    def init_params(self, x: jnp.ndarray, w: jnp.ndarray, floors: Mapping) -> Params:
+        """A data-driven start given soft expert weights w (n, K): by default the M-step (closed form
+        or generic) from the neutral point. Must be pure JAX (it runs compiled, vmapped over starts)."""
+        K, d = w.shape[-1], x.shape[-1]
+        p0 = self.neutral_params(K, d, x.dtype)
+        new = self.em_mstep(p0, w, x, None, floors, self.em_prepare(x, None), self.models_x)
+        if new is not None:
+            return new
+        return self.generic_mstep(p0, w, x, None, floors, self.models_x, _INIT_STEPS)
+
+
+class Expert(Family):
+    r"""Base of expert families: :math:`p_k(y | x)`, the conditional density of expert k.
+
+    Implement :meth:`param_table`, :meth:`log_prob` ((n, K) log densities) and :meth:`component`
+    (the K distributions of every observation, a NumPyro distribution of batch shape (n, K)); set
+    ``support`` (a NumPyro constraint: it drives the validation and the dtype of y). Optional:
+    :meth:`mean`, :meth:`probs` (class probabilities of finite-support experts), :meth:`init_params`
+    and :meth:`em_mstep`.
+    """
+
+    role: ClassVar[str] = "expert"
+    support: ClassVar[Any] = constraints.real
+
+    @abc.abstractmethod
+    def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        """:math:`\\log p_k(y_i | x_i)`, shape (n, K)."""
+
+    @abc.abstractmethod
+    def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        """The K expert distributions of every observation: batch shape (n, K)."""
+
+    def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray | None:
+        """Expert means (n, K), or None when a mean is not what this expert predicts."""
+        return self.component(params, x).mean
+
+    def probs(self, params: Params, x: jnp.ndarray) -> jnp.ndarray | None:
+        """Class probabilities (n, K, C) of finite-support experts; None otherwise."""
+        return None
+
+    @property
+    def is_discrete(self) -> bool:
+        return bool(self.support.is_discrete)
+
+    def em_objective(self, params, r, x, y, joint):
+        return jnp.sum(r * self.log_prob(params, x, y))
+
+    def init_params(self, x: jnp.ndarray, y: jnp.ndarray, w: jnp.ndarray, floors: Mapping) -> Params:
+        """A data-driven start given soft expert weights w (n, K): by default the M-step (closed form
+        or generic) from the neutral point. Must be pure JAX (it runs compiled, vmapped over starts)."""
+        K, d = w.shape[-1], x.shape[-1]
+        p0 = self.neutral_params(K, d, x.dtype)
+        new = self.em_mstep(p0, w, x, y, floors, self.em_prepare(x, y), False)
+        if new is not None:
+            return new
+        return self.generic_mstep(p0, w, x, y, floors, False, _INIT_STEPS)
