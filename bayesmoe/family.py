@@ -359,16 +359,17 @@ class Family(abc.ABC):
         return out
 
     def random_params(self, rng: np.random.Generator, K: int, d: int) -> Params:
-        """Random valid full parameters (numpy): unconstrained values uniform in (-1, 1)."""
+        """Random valid full parameters (numpy float64): unconstrained values uniform in (-1, 1)."""
         sizes = self.sizes(K, d)
-        free = {}
-        for p in self.param_table():
-            shape = p.unconstrained_shape(sizes)
-            if int(np.prod(shape, dtype=np.int64)) == 0:
-                continue
-            u = jnp.asarray(rng.uniform(-1.0, 1.0, size=shape), _float_dtype())
-            free[p.site] = p.bijection()(u)
-        return {k: np.asarray(v) for k, v in self.to_full(free, K, d).items()}
+        with jax.enable_x64(True):  # exact constraints (simplex sums, unit rows) in float64
+            free = {}
+            for p in self.param_table():
+                shape = p.unconstrained_shape(sizes)
+                if int(np.prod(shape, dtype=np.int64)) == 0:
+                    continue
+                free[p.site] = p.bijection()(jnp.asarray(rng.uniform(-1.0, 1.0, size=shape), jnp.float64))
+            full = {k: np.asarray(v, np.float64) for k, v in self.to_full(free, K, d).items()}
+        return full
 
     def neutral_params(self, K: int, d: int, dtype=None) -> Params:
         """Unconstrained zeros mapped to every site: a neutral starting point."""

@@ -41,8 +41,12 @@ def gaussian_gate_log_marginal(params, x):
 
 def expert_log_probs(kind, params, x, y, degree=1):
     f = poly(x, degree)
-    if kind == "gaussian":
+    if kind in ("gaussian", "studentt", "poisson"):
         mean = params["expert_intercept"][None, :] + f @ params["expert_coef"].T
+        if kind == "poisson":
+            return stats.poisson(np.exp(mean)).logpmf(y[:, None])
+        if kind == "studentt":
+            return stats.t(params["expert_df"][None, :], mean, params["expert_scale"][None, :]).logpdf(y[:, None])
         return stats.norm(mean, params["expert_scale"][None, :]).logpdf(y[:, None])
     logits = params["expert_intercept"][None] + np.einsum("np,kcp->nkc", f, params["expert_coef"])
     logp = logits - special.logsumexp(logits, axis=2, keepdims=True)

@@ -149,10 +149,18 @@ def _log_prior(model, free, scale):
         lp += stats.lognorm(s=1.5, scale=g_sd / 2).logpdf(free["gate_scale"]).sum()
     if "gate_corr_chol" in free:
         lp += sum(_lkj_chol_logpdf(np.asarray(L), 2.0) for L in free["gate_corr_chol"])
-    if "expert_scale" in free:
+    family = type(model.expert).__name__
+    if family in ("Gaussian", "StudentT"):
         lp += stats.norm(y_mean, 2.5 * y_sd * e_infl).logpdf(free["expert_intercept"]).sum()
         lp += stats.norm(0, 2.5 * y_sd / e_sd).logpdf(free["expert_coef"]).sum()
-        lp += stats.gamma(2.0, scale=1 / 1.5).logpdf(free["expert_scale"]).sum()
+        if family == "Gaussian":  # the test's own prior
+            lp += stats.gamma(2.0, scale=1 / 1.5).logpdf(free["expert_scale"]).sum()
+        else:  # the defaults: LogNormal(log(sd(y) / 2), 1.5) scale, Gamma(2, rate 0.1) df
+            lp += stats.lognorm(s=1.5, scale=y_sd / 2).logpdf(free["expert_scale"]).sum()
+            lp += stats.gamma(2.0, scale=1 / 0.1).logpdf(free["expert_df"]).sum()
+    elif family == "Poisson":
+        lp += stats.norm(np.log(max(y_mean, 1e-3)), 2.5 * e_infl).logpdf(free["expert_intercept"]).sum()
+        lp += stats.norm(0, 2.5 / e_sd).logpdf(free["expert_coef"]).sum()
     else:
         lp += stats.norm(0, 2.5 * e_infl).logpdf(free["expert_intercept_free"]).sum()
         lp += stats.norm(0, 2.5 / e_sd).logpdf(free["expert_coef_free"]).sum()
