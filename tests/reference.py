@@ -46,7 +46,8 @@ def expert_log_probs(kind, params, x, y, degree=1):
         if kind == "poisson":
             return stats.poisson(np.exp(mean)).logpmf(y[:, None])
         if kind == "studentt":
-            return stats.t(params["expert_df"][None, :], mean, params["expert_scale"][None, :]).logpdf(y[:, None])
+            df, scale = params["expert_df"][None, :], params["expert_scale"][None, :]
+            return stats.t(df, mean, scale).logpdf(y[:, None])
         return stats.norm(mean, params["expert_scale"][None, :]).logpdf(y[:, None])
     logits = params["expert_intercept"][None] + np.einsum("np,kcp->nkc", f, params["expert_coef"])
     logp = logits - special.logsumexp(logits, axis=2, keepdims=True)
