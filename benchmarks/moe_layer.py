@@ -70,13 +70,19 @@ def build_entries(args, x) -> list[dict]:
         configs = [(impl, "linear", args.block) for impl in args.impls]
         configs += [("sorted", "linear", bs) for bs in args.block_sweep if bs != args.block]
         configs += [(impl, "hyper", args.block) for impl in args.router_impls]
-        for impl, router, block in configs:
+        configs = [(impl, router, block, "auto") for impl, router, block in configs]
+        configs += [(impl, "linear", args.block, kern) for impl, kern in
+                    (kk.split(":") for kk in args.kernels)]
+        for impl, router, block, kernel in configs:
+            # expert dropout off: the dense FFN baseline has none
             layer = SparseMoE(d, f, e, k, router=router, impl=impl, block_size=block,
-                              rngs=nnx.Rngs(0))
+                              kernel=kernel, expert_dropout=0.0, rngs=nnx.Rngs(0))
             fn, p = fwd_bwd_fn(layer, x, True)
-            name = f"{impl} ({router}" + (f", block {block})" if impl == "sorted" else ")")
+            name = f"{impl} ({router}" + (f", block {block}" if impl == "sorted" else "")
+            name += (f", {kernel})" if kernel != "auto" else ")")
             entries.append({"name": name, "k": k, "impl": impl, "router": router,
-                            "block": block, "fn": fn, "args": (p, x)})
+                            "block": block if kernel == "auto" else kernel, "fn": fn,
+                            "args": (p, x)})
     return entries
 
 
@@ -130,6 +136,8 @@ def main(argv=None) -> None:
     p.add_argument("--router-impls", nargs="+", default=["sorted", "capacity"])
     p.add_argument("--block", type=int, default=256)
     p.add_argument("--block-sweep", type=int, nargs="*", default=[])
+    p.add_argument("--kernels", nargs="*", default=[], metavar="IMPL:KERNEL",
+                   help="extra entries with a forced kernel, e.g. sorted:ragged capacity:einsum")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--quick", action="store_true", help="small sizes, few reps")
     p.add_argument("--out", type=Path, default=Path("out/benchmarks/moe_layer.json"))

@@ -54,8 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2.5e-4)
     p.add_argument("--dropout", type=float, default=0.1)
     p.add_argument("--impl", default="dense", choices=["dense", "sorted", "capacity"])
-    p.add_argument("--hyper-init-std", type=float, default=0.02,
-                   help="std of HyperRouter's frozen hypernetwork weights (paper: 0.02)")
+    p.add_argument("--hyper-init-std", type=float, default=None,
+                   help="override the std of HyperRouter's frozen hypernetwork weights")
+    p.add_argument("--legacy-init", action="store_true",
+                   help="the inits before issue 14: LeCun routers (SMoE, SMoE-Dropout) and "
+                        "experts, no expert dropout (default: the paper's N(0, 0.02) for every "
+                        "router and expert, expert dropout = --dropout)")
     p.add_argument("--also", action="append", default=[], metavar="DIR=LABEL",
                    help="add the HyperRouter runs of another --out DIR to table and plot")
     p.add_argument("--no-progress", action="store_true")
@@ -71,12 +75,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_one(args, router: str, seed: int, train_ids, test_ids, vocab_size: int) -> dict:
     """Train one model (resuming from its checkpoint) and evaluate it at every k."""
+    moe_kwargs = ({"router_init_std": None, "expert_init_std": None, "expert_dropout": 0.0}
+                  if args.legacy_init else {})
+    if router == "hyper" and args.hyper_init_std is not None:
+        moe_kwargs["router_kwargs"] = {"init_std": args.hyper_init_std}
     model = TransformerLM(
         vocab_size, args.d_model, args.n_heads, args.n_layers, args.d_ff, args.n_experts,
         args.k_max, router=router, impl=args.impl, max_len=args.seq_len, dropout=args.dropout,
-        moe_kwargs={"router_kwargs": {"init_std": args.hyper_init_std}} if router == "hyper"
-        else None,
-        rngs=nnx.Rngs(seed),
+        moe_kwargs=moe_kwargs, rngs=nnx.Rngs(seed),
     )
     cfg = TrainConfig(
         steps=args.steps, batch_size=args.batch_size, seq_len=args.seq_len,
