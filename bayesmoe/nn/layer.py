@@ -267,5 +267,6 @@ class SparseMoE(nnx.Module):
             y, dropped = self.local_dispatch(xt, gates, idx, w, k, self._act(key))
         balance, z_loss, entropy, load = router_stats(logits, idx, self.n_experts)
         loss = self.balance_weight * balance + self.z_weight * z_loss
-        aux = MoEAux(loss, balance, z_loss, entropy, load, jnp.asarray(dropped, jnp.float32))
+        aux = MoEAux(loss, balance, z_loss, entropy, load, jnp.asarray(dropped, jnp.float32),
+                     entropy[None])
         return y.reshape(*lead, self.d_model).astype(x.dtype), aux

@@ -31,6 +31,8 @@ class MoEAux(NamedTuple):
         entropy: mean router entropy (nats).
         load: per-expert fraction of token copies ``f_e`` (E,), sums to 1.
         dropped: fraction of token copies dropped by the capacity limit.
+        layer_entropy: router entropy per layer (L,) after :func:`merge_aux`; for one
+            layer, the same as ``entropy`` with shape (1,).
     """
 
     loss: Array
@@ -39,6 +41,7 @@ class MoEAux(NamedTuple):
     entropy: Array
     load: Array
     dropped: Array
+    layer_entropy: Array | None = None
 
 
 def router_stats(
@@ -60,7 +63,7 @@ def merge_aux(auxes: Sequence[MoEAux]) -> MoEAux:
     """Combine the aux outputs of several layers: losses summed, statistics averaged."""
     if not auxes:
         z = jnp.zeros(())
-        return MoEAux(z, z, z, z, jnp.zeros((0,)), z)
+        return MoEAux(z, z, z, z, jnp.zeros((0,)), z, jnp.zeros((0,)))
     return MoEAux(
         loss=sum(a.loss for a in auxes),
         balance_loss=sum(a.balance_loss for a in auxes),
@@ -68,4 +71,5 @@ def merge_aux(auxes: Sequence[MoEAux]) -> MoEAux:
         entropy=sum(a.entropy for a in auxes) / len(auxes),
         load=jnp.stack([a.load for a in auxes]),
         dropped=sum(a.dropped for a in auxes) / len(auxes),
+        layer_entropy=jnp.stack([a.entropy for a in auxes]),
     )

@@ -109,7 +109,7 @@ def train_step(model: TransformerLM, optimizer: nnx.Optimizer, tokens: Array, to
 def _eval_step(model: TransformerLM, tokens: Array, weight: Array, top_k: int):
     logits, aux = model(tokens[:, :-1], top_k=top_k)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
-    return jnp.sum(nll.sum(-1) * weight), aux.entropy
+    return jnp.sum(nll.sum(-1) * weight), aux.layer_entropy
 
 
 def evaluate_bpc(
@@ -122,23 +122,26 @@ def evaluate_bpc(
 ) -> dict:
     """Bits per character of ``data`` at each k: ``sum nll / (n ln 2)`` over
     non-overlapping windows (each window's context starts fresh).  Also the mean router
-    entropy.  Returns ``{"bpc": {k: .}, "entropy": {k: .}, "tokens": n}``."""
+    entropy, over layers and per layer.  Returns ``{"bpc": {k: .}, "entropy": {k: .},
+    "layer_entropy": {k: [.]}, "tokens": n}``."""
     model.eval()
     win = eval_windows(np.asarray(data), seq_len, max_tokens)
     n_win = len(win)
     pad = (-n_win) % batch_size
     win = np.concatenate([win, np.repeat(win[:1], pad, axis=0)])
     weight = np.concatenate([np.ones(n_win), np.zeros(pad)]).astype(np.float32)
-    out = {"bpc": {}, "entropy": {}, "tokens": int(n_win * seq_len)}
+    out = {"bpc": {}, "entropy": {}, "layer_entropy": {}, "tokens": int(n_win * seq_len)}
     for k in ks:
         total, ent = 0.0, []
         for i in range(0, len(win), batch_size):
             s, e = _eval_step(model, jnp.asarray(win[i : i + batch_size]),
                               jnp.asarray(weight[i : i + batch_size]), top_k=int(k))
             total += float(s)
-            ent.append(float(e))
+            ent.append(np.asarray(e))
         out["bpc"][int(k)] = total / (n_win * seq_len * math.log(2))
-        out["entropy"][int(k)] = float(np.mean(ent))
+        per_layer = np.mean(ent, axis=0)
+        out["layer_entropy"][int(k)] = [float(v) for v in per_layer]
+        out["entropy"][int(k)] = float(per_layer.mean())
     model.train()
     return out
 

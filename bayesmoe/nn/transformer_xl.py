@@ -282,7 +282,7 @@ def xl_train_step(model: TransformerXL, optimizer: nnx.Optimizer, inputs: Array,
 def _xl_eval_step(model, inputs, targets, memory, top_k):
     logits, new_memory, aux = model(inputs, memory, top_k)
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-    return jnp.sum(nll), new_memory, aux.entropy
+    return jnp.sum(nll), new_memory, aux.layer_entropy
 
 
 def evaluate_xl_bpc(model: TransformerXL, data: np.ndarray, ks, *, tgt_len: int = 128,
@@ -291,7 +291,8 @@ def evaluate_xl_bpc(model: TransformerXL, data: np.ndarray, ks, *, tgt_len: int 
     """Bits per character of ``data`` at each k with memory: ``batch_size`` ordered
     streams scored in segments of ``tgt_len`` (the reference's ``eval_tgt_len``), each
     with the cached states of the previous ``mem_len`` positions (default: the model's
-    mem_len + ... as given). Returns ``{"bpc": {k: .}, "entropy": {k: .}, "tokens": n}``."""
+    ``mem_len``). Returns ``{"bpc": {k: .}, "entropy": {k: .}, "layer_entropy": {k: [.]},
+    "tokens": n}``: mean router entropy (nats) over layers and per layer."""
     streams = segment_streams(np.asarray(data), batch_size)
     if max_tokens is not None:
         streams = streams[:, : max(2, max_tokens // batch_size + 1)]
@@ -299,7 +300,8 @@ def evaluate_xl_bpc(model: TransformerXL, data: np.ndarray, ks, *, tgt_len: int 
     if n_seg < 1:
         raise ValueError(f"data: too short for tgt_len={tgt_len} and batch_size={batch_size}")
     model.eval()
-    out = {"bpc": {}, "entropy": {}, "tokens": int(n_seg * tgt_len * batch_size)}
+    out = {"bpc": {}, "entropy": {}, "layer_entropy": {},
+           "tokens": int(n_seg * tgt_len * batch_size)}
     for k in ks:
         memory = model.init_memory(batch_size, mem_len)
         total, ent = 0.0, []
@@ -308,9 +310,11 @@ def evaluate_xl_bpc(model: TransformerXL, data: np.ndarray, ks, *, tgt_len: int 
             seg = jnp.asarray(streams[:, cols])
             nll, memory, e = _xl_eval_step(model, seg[:, :-1], seg[:, 1:], memory, int(k))
             total += float(nll)
-            ent.append(float(e))
+            ent.append(np.asarray(e))
         out["bpc"][int(k)] = total / (out["tokens"] * math.log(2))
-        out["entropy"][int(k)] = float(np.mean(ent))
+        per_layer = np.mean(ent, axis=0)
+        out["layer_entropy"][int(k)] = [float(v) for v in per_layer]
+        out["entropy"][int(k)] = float(per_layer.mean())
     model.train()
     return out
 

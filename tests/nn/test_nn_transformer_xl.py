@@ -124,9 +124,13 @@ def test_memory_backed_bpc_equals_one_pass_over_the_whole_stream():
     assert res["tokens"] == 4 * L
     model.eval()  # evaluate_xl_bpc leaves the model in training mode
     for k in (1, 2):
-        logits, _, _ = model(jnp.asarray(data[None, :-1]), None, top_k=k)
+        logits, _, aux = model(jnp.asarray(data[None, :-1]), None, top_k=k)
         ref = _nll(logits, data[None, 1:]).sum() / (4 * L * math.log(2))
         np.testing.assert_allclose(res["bpc"][k], ref, rtol=1e-5)
+        # router entropy per layer: the mean over 4 equal segments = the one-pass mean
+        assert aux.layer_entropy.shape == (2,)
+        np.testing.assert_allclose(res["layer_entropy"][k], aux.layer_entropy, rtol=1e-5)
+        np.testing.assert_allclose(res["entropy"][k], float(aux.entropy), rtol=1e-5)
 
 
 def test_bf16_compute_keeps_f32_master_weights_and_router():
