@@ -1,5 +1,7 @@
 """sample(): NUTS on the reference data, ArviZ output, reproducibility, errors."""
 
+import json
+import warnings
 from pathlib import Path
 
 import arviz as az
@@ -11,6 +13,7 @@ import pandas as pd
 import pytest
 
 import bayesmoe as bm
+from bayesmoe.inference.diagnostics import SamplerWarning
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sgmoe_k2_n1000.csv"
 
@@ -25,8 +28,10 @@ def ref_frame():
 @pytest.fixture(scope="module")
 def ref_run(ref_frame):
     model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), n_experts=2)
-    dt = bm.sample(model, ref_frame[["x"]], ref_frame["y"], seed=0, progress_bar=False)
-    return model, dt
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        dt = bm.sample(model, ref_frame[["x"]], ref_frame["y"], seed=0, progress_bar=False)
+    return model, dt, [str(w.message) for w in record if issubclass(w.category, SamplerWarning)]
 
 
 def _free_vars(dt):
@@ -41,7 +46,7 @@ def _free_vars(dt):
 
 
 def test_nuts_defaults_on_reference_data(ref_frame, ref_run):
-    model, dt = ref_run
+    model, dt, msgs = ref_run
     assert {"posterior", "sample_stats", "log_likelihood", "observed_data", "posterior_predictive"} <= set(
         dt.children)
     post = dt.posterior
@@ -49,6 +54,13 @@ def test_nuts_defaults_on_reference_data(ref_frame, ref_run):
     assert post["gate_coef"].dims == ("chain", "draw", "expert", "feature")
     assert list(post["gate_coef"].coords["feature"].values) == ["x"]
     assert int(dt.sample_stats["diverging"].sum()) == 0
+    # a healthy default run: no sampler warning, and the stored diagnostics agree with arviz
+    assert msgs == []
+    assert dt.attrs["bayesmoe_n_divergent"] == 0 and dt.attrs["bayesmoe_n_warnings"] == 0
+    found = json.loads(dt.attrs["bayesmoe_diagnostics"])
+    for name, da in _free_vars(dt).items():
+        assert found["rhat"][name] == pytest.approx(float(az.rhat(da).max()))
+        assert found["ess_bulk"][name] == pytest.approx(float(az.ess(da, method="bulk").min()))
     for name, da in _free_vars(dt).items():
         rhat = np.asarray(az.rhat(da))
         ess = np.asarray(az.ess(da, method="bulk"))
@@ -72,7 +84,7 @@ def test_nuts_defaults_on_reference_data(ref_frame, ref_run):
 
 
 def test_loo_on_result(ref_run):
-    model, dt = ref_run
+    model, dt, _ = ref_run
     loo = az.loo(dt)
     ll = dt.log_likelihood["y"].to_numpy()
     assert ll.shape == (4, 1000, 1000)
@@ -83,7 +95,7 @@ def test_loo_on_result(ref_run):
 
 
 def test_pointwise_log_likelihood_matches_model(ref_frame, ref_run):
-    model, dt = ref_run
+    model, dt, _ = ref_run
     x, y = ref_frame[["x"]].to_numpy(), ref_frame["y"].to_numpy()
     draw = {k: np.asarray(v.isel(chain=1, draw=17)) for k, v in dt.posterior.to_dataset().data_vars.items()}
     np.testing.assert_allclose(dt.log_likelihood["y"].isel(chain=1, draw=17).to_numpy(),
@@ -91,7 +103,8 @@ def test_pointwise_log_likelihood_matches_model(ref_frame, ref_run):
 
 
 def _tiny(model, x, y, **kw):
-    return bm.sample(model, x, y, num_chains=2, num_warmup=100, num_samples=100, progress_bar=False, **kw)
+    return bm.sample(model, x, y, num_chains=2, num_warmup=100, num_samples=100, progress_bar=False,
+                     quiet=True, **kw)
 
 
 def test_reproducible(ref_frame):

@@ -14,6 +14,8 @@ for ``arviz.loo``), ``observed_data``, ``constant_data`` (x) and ``posterior_pre
 from __future__ import annotations
 
 import json
+import math
+import warnings
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -29,6 +31,7 @@ from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe._random import as_key
 from bayesmoe._validation import as_x, check_positive_int, column_names
 from bayesmoe.inference import _objective as obj
+from bayesmoe.inference import diagnostics as diag
 from bayesmoe.inference.map import fit_map
 from bayesmoe.model import MoE
 
@@ -53,7 +56,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
            chain_method: str | None = None, progress_bar: bool = True, relabel: bool = True,
            posterior_predictive: bool = True, target_accept_prob: float = 0.8,
            dense_mass: bool | None = None, init_jitter: float = 0.05, n_starts: int = 8,
-           max_tree_depth: int = 10):
+           max_tree_depth: int = 10, quiet: bool = False):
     """Run NUTS on ``model`` given (x, y) and return an ArviZ ``DataTree``.
 
     :param init: ``"map"`` (multi-start MAP, then chains near it), ``"random"`` (NumPyro's uniform
@@ -62,15 +65,32 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
         ``"vectorized"`` (default otherwise) or ``"sequential"``.
     :param relabel: apply :func:`bayesmoe.relabel` (ECR) to undo label switching across draws.
     :param dense_mass: dense mass matrix (default: True when the model has <= 100 parameters).
+    :param target_accept_prob: NUTS's target acceptance probability, in (0, 1); raise it (e.g. 0.95)
+        when there are divergences.
+    :param init_jitter: sd of the Gaussian jitter (unconstrained space) around the init, >= 0.
+    :param n_starts: starts of the MAP fit when ``init="map"``, >= 1.
+    :param max_tree_depth: maximum number of trajectory doublings of NUTS, >= 1.
+    :param quiet: do not warn about sampler problems. By default each problem found after sampling
+        (divergences, R-hat > 1.01, bulk/tail ESS < 100 per chain, transitions at
+        ``max_tree_depth``, E-BFMI < 0.3; see :mod:`bayesmoe.inference.diagnostics`) is reported
+        as a :class:`~bayesmoe.inference.diagnostics.SamplerWarning` naming the sites and the
+        remedy. The diagnostics are stored in the root attrs either way: ``bayesmoe_diagnostics``
+        (a JSON string), ``bayesmoe_n_divergent``, ``bayesmoe_max_rhat``, ``bayesmoe_min_ess_bulk``,
+        ``bayesmoe_min_ess_tail``, ``bayesmoe_min_ebfmi``, ``bayesmoe_tree_depth_saturation`` and
+        ``bayesmoe_n_warnings``.
     """
-    key = as_key(seed, "seed")
-    check_positive_int(num_chains, "num_chains")
-    check_positive_int(num_samples, "num_samples")
-    check_positive_int(num_warmup, "num_warmup", minimum=0)
-    if chain_method is not None and chain_method not in CHAIN_METHODS:
-        raise ValueError(f"`chain_method` must be one of {CHAIN_METHODS}, got {chain_method!r}")
-    if not (isinstance(init, dict) or init in ("map", "random")):
+    _check_arguments(num_chains=num_chains, num_warmup=num_warmup, num_samples=num_samples,
+                     chain_method=chain_method, progress_bar=progress_bar, relabel=relabel,
+                     posterior_predictive=posterior_predictive, target_accept_prob=target_accept_prob,
+                     dense_mass=dense_mass, init_jitter=init_jitter, n_starts=n_starts,
+                     max_tree_depth=max_tree_depth, quiet=quiet)
+    num_chains, num_warmup, num_samples = int(num_chains), int(num_warmup), int(num_samples)
+    n_starts, max_tree_depth = int(n_starts), int(max_tree_depth)
+    target_accept_prob, init_jitter = float(target_accept_prob), float(init_jitter)
+    dense_mass = None if dense_mass is None else bool(dense_mass)
+    if not (isinstance(init, dict) or (isinstance(init, str) and init in ("map", "random"))):
         raise ValueError(f"`init` must be 'map', 'random' or a params dict, got {init!r}")
+    key = as_key(seed, "seed")
     is_moe = isinstance(model, MoE)
     if is_moe:
         xa, ya = model.check_data(x, y)
@@ -119,7 +139,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
                   max_tree_depth=max_tree_depth)
     method = chain_method or _default_chain_method(num_chains)
     mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=method, progress_bar=progress_bar)
+                chain_method=method, progress_bar=bool(progress_bar))
     mcmc.run(key_mcmc, x_j, y_j, init_params=init_params,
              extra_fields=("energy", "num_steps", "accept_prob", "diverging", "adapt_state.step_size"),
              **kwargs)
@@ -176,7 +196,65 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
         from bayesmoe.inference.relabel import relabel as _relabel  # noqa: PLC0415
 
         dt = _relabel(dt, model=model)
+    _report(dt, stats, max_tree_depth, quiet)
     return dt
+
+
+def _check_arguments(*, num_chains, num_warmup, num_samples, chain_method, progress_bar, relabel,
+                     posterior_predictive, target_accept_prob, dense_mass, init_jitter, n_starts,
+                     max_tree_depth, quiet) -> None:
+    """Check the scalar arguments of :func:`sample` (before anything is compiled)."""
+    check_positive_int(num_chains, "num_chains")
+    check_positive_int(num_samples, "num_samples")
+    check_positive_int(num_warmup, "num_warmup", minimum=0)
+    check_positive_int(n_starts, "n_starts")
+    check_positive_int(max_tree_depth, "max_tree_depth")
+    if chain_method is not None and not (isinstance(chain_method, str) and chain_method in CHAIN_METHODS):
+        raise ValueError(f"`chain_method` must be one of {CHAIN_METHODS} or None, got {chain_method!r}")
+    _check_real(target_accept_prob, "target_accept_prob", "in (0, 1)", lambda v: 0 < v < 1)
+    _check_real(init_jitter, "init_jitter", ">= 0 and finite", lambda v: 0 <= v < math.inf)
+    for name, value in (("progress_bar", progress_bar), ("relabel", relabel),
+                        ("posterior_predictive", posterior_predictive), ("quiet", quiet)):
+        _check_bool(value, name)
+    if dense_mass is not None:
+        _check_bool(dense_mass, "dense_mass", " or None")
+
+
+def _check_real(value: Any, name: str, allowed: str, ok: Callable[[float], bool]) -> None:
+    """A real scalar (Python or numpy int/float, not bool) satisfying ``ok``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a real number {allowed}, got {value!r}")
+    if not ok(float(value)):
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+
+
+def _check_bool(value: Any, name: str, extra: str = "") -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False{extra}, got {value!r}")
+
+
+def _report(dt, stats: dict, max_tree_depth: int, quiet: bool) -> None:
+    """Diagnose the run, write the root attrs (netCDF-safe) and warn unless ``quiet``."""
+    found = diag.diagnose(dt.posterior.to_dataset(), stats["energy"], stats["diverging"],
+                          stats["num_steps"], max_tree_depth)
+    msgs = diag.messages(found)
+    attrs = {k: _netcdf_safe(v) for k, v in dt.attrs.items()}
+    attrs.update(diag.to_attrs(found, msgs))
+    dt.attrs = attrs
+    if not quiet:
+        for msg in msgs:
+            warnings.warn(msg, diag.SamplerWarning, stacklevel=3)
+
+
+def _netcdf_safe(value: Any) -> Any:
+    """Booleans (not storable as netCDF attributes) as ints; numpy scalars as Python numbers."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.floating):
+        return float(value)
+    return value
 
 
 @partial(jax.jit, static_argnums=0)
