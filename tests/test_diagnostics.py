@@ -100,6 +100,9 @@ def test_messages_name_the_sites_and_the_remedy():
     healthy = dg.diagnose(post[["b"]], energy[:1].repeat(2, 0), np.zeros((2, 400), bool),
                           np.full((2, 400), 7), max_tree_depth=4)
     assert dg.messages(healthy) == []
+    short = dg.diagnose(post.isel(draw=slice(0, 3)), energy[:, :3], div[:, :3], n_steps[:, :3], 4)
+    assert short["rhat"] == short["ess_bulk"] == {}
+    assert any(m.startswith("Only 3 draw(s) per chain") and "`num_samples`" in m for m in dg.messages(short))
 
 
 # ----------------------------------------------------------------------------- sample(): warnings

@@ -31,19 +31,21 @@ import json
 import math
 import warnings
 from collections.abc import Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import arviz as az
 import numpy as np
 import xarray as xr
 
-__all__ = ["EBFMI_MIN", "ESS_PER_CHAIN_MIN", "RHAT_MAX", "SamplerWarning", "count_divergent", "diagnose",
-           "ebfmi", "messages", "site_ess", "site_rhat", "to_attrs", "tree_depth",
+__all__ = ["EBFMI_MIN", "ESS_PER_CHAIN_MIN", "MIN_DRAWS", "RHAT_MAX", "SamplerWarning", "count_divergent",
+           "diagnose", "ebfmi", "messages", "site_ess", "site_rhat", "to_attrs", "tree_depth",
            "tree_depth_saturation"]
 
 RHAT_MAX = 1.01
 ESS_PER_CHAIN_MIN = 100
 EBFMI_MIN = 0.3
+MIN_DRAWS = 4  # per chain, for R-hat and ESS
 SAMPLE_DIMS = ("chain", "draw")
 _MAX_LISTED = 5
 
@@ -116,6 +118,16 @@ def _per_site(values: xr.Dataset, mask: xr.Dataset, reduce: str) -> dict[str, fl
     return out
 
 
+@contextmanager
+def _quiet_arviz():
+    """Silence arviz's numpy warnings on constant elements (left out afterwards) and its note on
+    more chains than draws."""
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        warnings.filterwarnings("ignore", message="Found chain dimension to be longer")
+        yield
+
+
 def _numeric(posterior: xr.Dataset) -> xr.Dataset:
     keep = [k for k, v in posterior.data_vars.items()
             if v.dtype.kind in "iuf" and all(d in v.dims for d in SAMPLE_DIMS)]
@@ -134,11 +146,12 @@ def site_rhat(posterior: xr.Dataset) -> dict[str, float]:
 
     :param posterior: dataset with dims (chain, draw, ...).
     :return: {variable: max R-hat over its non-constant elements}; variables that are constant, or
-        whose R-hat is undefined (one chain, under 4 draws), are left out.
+        whose R-hat is undefined (one chain, under ``MIN_DRAWS`` = 4 draws), are left out.
     """
     ds = _numeric(posterior)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
+    if ds.sizes.get("draw", 0) < MIN_DRAWS:
+        return {}
+    with _quiet_arviz():
         values = az.rhat(ds)
     return _per_site(values, _varying(ds), "max")
 
@@ -154,13 +167,14 @@ def site_ess(posterior: xr.Dataset, method: str = "bulk") -> dict[str, float]:
     :math:`\mathbb 1\{\theta \le q_{0.95}\}` (reliability of 90% intervals).
 
     :param method: ``"bulk"`` or ``"tail"``.
-    :return: {variable: min ESS over its non-constant elements}.
+    :return: {variable: min ESS over its non-constant elements}; empty under 4 draws per chain.
     """
     if method not in ("bulk", "tail"):
         raise ValueError(f"`method` must be 'bulk' or 'tail', got {method!r}")
     ds = _numeric(posterior)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
+    if ds.sizes.get("draw", 0) < MIN_DRAWS:
+        return {}
+    with _quiet_arviz():
         values = az.ess(ds, method=method)
     return _per_site(values, _varying(ds), "min")
 
@@ -231,6 +245,10 @@ def _rhat_message(diag: Mapping[str, Any]) -> list[str]:
 
 def _ess_message(diag: Mapping[str, Any]) -> list[str]:
     floor = ESS_PER_CHAIN_MIN * diag["num_chains"]
+    if diag["num_draws"] < MIN_DRAWS:
+        return [f"Only {diag['num_draws']} draw(s) per chain: R-hat and ESS cannot be computed "
+                f"(they need at least {MIN_DRAWS}; reliable estimates need {ESS_PER_CHAIN_MIN} effective "
+                "draws per chain). Run more draws (`num_samples`)."]
     parts = []
     for kind in ("bulk", "tail"):
         bad = {k: v for k, v in diag[f"ess_{kind}"].items() if v < floor}

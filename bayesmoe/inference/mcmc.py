@@ -9,6 +9,10 @@ them (``bm.set_host_device_count(n)`` before JAX starts; fastest on CPU), else v
 Groups of the result: ``posterior`` (site names of DESIGN.md, dims ``expert``, ``feature``, ``class``),
 ``sample_stats`` (energy, tree depth, acceptance, divergences), ``log_likelihood`` (per observation,
 for ``arviz.loo``), ``observed_data``, ``constant_data`` (x) and ``posterior_predictive``.
+
+After sampling, :mod:`bayesmoe.inference.diagnostics` checks the run (divergences, rank-normalised
+R-hat, bulk/tail ESS, tree-depth saturation, E-BFMI), stores the results in the root attrs and warns
+with a ``SamplerWarning`` per problem (``quiet=True`` silences the warnings).
 """
 
 from __future__ import annotations
