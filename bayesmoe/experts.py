@@ -20,7 +20,7 @@ monomial of the inputs of total degree 1..``degree`` (``p`` regressors; ``p = d`
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -80,6 +80,9 @@ class _Polynomial:
     def regressor_dim(self, d: int) -> str:
         return "feature" if self.degree == 1 else "term"
 
+    def x_affine(self, d: int) -> bool:
+        return self.degree == 1
+
     def regressor_names(self, names):
         return list(names) if self.degree == 1 else feature_names(list(names), self.degree)
 
@@ -94,13 +97,15 @@ class _Polynomial:
 
 
 def _location_table(intercept_prior, coef_prior) -> tuple[Param, ...]:
-    return (Param("expert_intercept", ("K",), ("expert",), constraints.real, intercept_prior),
-            Param("expert_coef", ("K", "p"), ("expert", REGRESSOR), constraints.real, coef_prior))
+    return (Param("expert_intercept", ("K",), ("expert",), constraints.real, intercept_prior,
+                  affine="intercept"),
+            Param("expert_coef", ("K", "p"), ("expert", REGRESSOR), constraints.real, coef_prior,
+                  affine="coef"))
 
 
 def _scale_param() -> Param:
     return Param("expert_scale", ("K",), ("expert",), constraints.positive,
-                 lambda s, z: dist.LogNormal(jnp.log(s.y_sd / 2), 1.5), floor="y")
+                 lambda s, z: dist.LogNormal(jnp.log(s.y_sd / 2), 1.5), floor="y", affine="y_scale")
 
 
 def _real_location_table() -> tuple[Param, ...]:
@@ -134,6 +139,7 @@ class Gaussian(_Polynomial, Expert):
     """
 
     degree: int = 1
+    y_affine: ClassVar[bool] = True
 
     def __post_init__(self):
         self._check_degree()
@@ -186,6 +192,7 @@ class StudentT(_Polynomial, Expert):
 
     degree: int = 1
     df: float | None = None
+    y_affine: ClassVar[bool] = True
 
     def __post_init__(self):
         self._check_degree()
@@ -369,9 +376,9 @@ class Categorical(_Polynomial, Expert):
         return (
             Param("expert_intercept", ("K", "C"), ("expert", "class"), constraints.real,
                   lambda s, z: dist.Normal(0.0, 2.5 * _priors.intercept_inflation(s)),
-                  reference="class"),
+                  reference="class", affine="intercept"),
             Param("expert_coef", ("K", "C", "p"), ("expert", "class", REGRESSOR), constraints.real,
-                  lambda s, z: dist.Normal(0.0, 2.5 / s.sd), reference="class"),
+                  lambda s, z: dist.Normal(0.0, 2.5 / s.sd), reference="class", affine="coef"),
         )
 
     def logits(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:

@@ -74,6 +74,10 @@ class Param:
     :param reference: a dim name whose last entry is fixed at zero (identifiability), or None.
     :param floor: ``"y"`` or ``"x"``: a positive scale bounded below by ``scale_floor`` times the
         spread of that variable in maximum-likelihood fits; None for no floor.
+    :param affine: how the site changes when the data are standardised (:meth:`Family.standardize`):
+        ``"intercept"`` and ``"coef"`` of a linear predictor in x (and in y units for experts with
+        ``y_affine``), ``"y_scale"`` (a scale of y), ``"x_loc"`` / ``"x_scale"`` (a location / scale
+        of each x column); None: unchanged.
     """
 
     name: str
@@ -83,6 +87,7 @@ class Param:
     prior: Callable
     reference: str | None = None
     floor: str | None = None
+    affine: str | None = None
 
     @property
     def site(self) -> str:
@@ -346,6 +351,45 @@ class Family(abc.ABC):
                 out[p.name] = v - jax.lax.slice_in_dim(v, v.shape[ax] - 1, v.shape[ax], axis=ax)
         return out
 
+    def x_affine(self, d: int) -> bool:
+        """Whether the family depends on x only through x itself (its regressors are x): then fits
+        may standardise x, mapping the parameters with the table's ``affine`` tags. Default False."""
+        return False
+
+    def standardize(self, params: Mapping, x_loc, x_scale, y_loc=0.0, y_scale=1.0, *,
+                    inverse: bool = False) -> Params:
+        r"""Parameters for standardised data :math:`\tilde x = (x - m)/s`, :math:`\tilde y = (y - c)/t`
+        (``inverse=True``: back to the data's units), from the table's ``affine`` tags.
+
+        Linear predictors :math:`b + a^\top x = (b + a^\top m) + (a \circ s)^\top \tilde x`; for experts
+        with ``y_affine`` also divided by t (and b shifted by c first); ``y_scale`` sites are divided
+        by t, ``x_loc`` sites map to (loc - m)/s and ``x_scale`` sites to scale/s. Pass ``x_loc = 0,
+        x_scale = 1`` (``y_loc = 0, y_scale = 1``) to leave x (y) as is.
+        """
+        y_aff = bool(getattr(self, "y_affine", False))
+        c, t = (y_loc, y_scale) if y_aff else (0.0, 1.0)
+        m, sx = jnp.asarray(x_loc), jnp.asarray(x_scale)
+        out = dict(params)
+        tags = {p.affine: p.name for p in self.param_table() if p.affine}
+        if "coef" in tags and "intercept" in tags:
+            a, b = jnp.asarray(params[tags["coef"]]), jnp.asarray(params[tags["intercept"]])
+            if not inverse:
+                out[tags["intercept"]] = (b + a @ m - c) / t
+                out[tags["coef"]] = a * sx / t
+            else:
+                a_raw = a * t / sx
+                out[tags["coef"]] = a_raw
+                out[tags["intercept"]] = b * t + c - a_raw @ m
+        for p in self.param_table():
+            v = jnp.asarray(params[p.name])
+            if p.affine == "y_scale":
+                out[p.name] = v * t if inverse else v / t
+            elif p.affine == "x_loc":
+                out[p.name] = v * sx + m if inverse else (v - m) / sx
+            elif p.affine == "x_scale":
+                out[p.name] = v * sx if inverse else v / sx
+        return out
+
     def transforms(self, floors: Mapping | None = None) -> dict:
         """Bijections from unconstrained space to every sample site's support; sites named in
         ``floors`` (positive scales) use ``floor + exp(u)``: an explicit lower bound."""
@@ -519,6 +563,8 @@ class Expert(Family):
 
     role: ClassVar[str] = "expert"
     support: ClassVar[Any] = constraints.real
+    #: whether fits may standardise y (real support, parameters tagged ``intercept``/``coef``/``y_scale``)
+    y_affine: ClassVar[bool] = False
 
     @abc.abstractmethod
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:

@@ -60,9 +60,9 @@ class _LinearSoftmax(Gate):
         return (
             Param("gate_intercept", ("K",), ("expert",), constraints.real,
                   lambda s, z: dist.Normal(0.0, 5.0 * _priors.intercept_inflation(s)),
-                  reference="expert"),
+                  reference="expert", affine="intercept"),
             Param("gate_coef", ("K", "p"), ("expert", REGRESSOR), constraints.real,
-                  lambda s, z: dist.Normal(0.0, 5.0 / s.sd), reference="expert"),
+                  lambda s, z: dist.Normal(0.0, 5.0 / s.sd), reference="expert", affine="coef"),
         )
 
     def n_features(self, d: int) -> int:
@@ -178,6 +178,9 @@ class Softmax(_LinearSoftmax):
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         return jnp.asarray(x)
 
+    def x_affine(self, d: int) -> bool:
+        return True
+
 
 # ----------------------------------------------------------------------------- Gaussian gate
 @dataclasses.dataclass(frozen=True)
@@ -212,15 +215,18 @@ class Gaussian(Gate):
             Param("gate_weight", ("K",), ("expert",), constraints.simplex,
                   lambda s, z: dist.Dirichlet(jnp.ones(z["K"]))),
             Param("gate_loc", ("K", "d"), ("expert", "feature"), constraints.real,
-                  lambda s, z: dist.Normal(s.mean, 2.0 * s.sd)),
+                  lambda s, z: dist.Normal(s.mean, 2.0 * s.sd), affine="x_loc"),
             Param("gate_scale", ("K", "d"), ("expert", "feature"), constraints.positive,
-                  lambda s, z: dist.LogNormal(jnp.log(s.sd / 2), 1.5), floor="x"),
+                  lambda s, z: dist.LogNormal(jnp.log(s.sd / 2), 1.5), floor="x", affine="x_scale"),
         )
         if self.covariance == "full":
             table += (Param("gate_corr_chol", ("K", "d", "d"), ("expert", "feature", "feature_bis"),
                             constraints.corr_cholesky,
                             lambda s, z: dist.LKJCholesky(z["d"], 2.0)),)
         return table
+
+    def x_affine(self, d: int) -> bool:
+        return True
 
     def coords(self, names):
         out = super().coords(names)

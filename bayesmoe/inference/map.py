@@ -1,5 +1,8 @@
 r"""Point estimates: MAP (``fit_map``) and maximum likelihood (``fit_mle``).
 
+Maximum-likelihood fits run on standardised data and map the estimates back exactly (see
+:mod:`bayesmoe.inference._standardize`): the answer does not depend on the units of x and y.
+
 The objective is the log posterior :math:`\log p(\theta) + \sum_i \log p(y_i | x_i, \theta)` (MAP) or the
 log-likelihood alone (MLE), maximised in unconstrained space without a Jacobian term (the mode of the
 density of :math:`\theta` itself, as Stan's ``optimizing`` does). Positive scales of MoE models are
@@ -26,7 +29,7 @@ from numpyro.infer.util import initialize_model
 from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import as_x, as_y_real, check_positive_int
 from bayesmoe.inference import _objective as obj
-from bayesmoe.inference import _optimize
+from bayesmoe.inference import _optimize, _standardize
 from bayesmoe.inference.init import data_starts
 from bayesmoe.inference.result import FitResult
 from bayesmoe.model import MoE
@@ -96,6 +99,12 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     n = xa.shape[0]
     if init is not None and isinstance(model, MoE):
         init = model.check_params(init, xa.shape[1], name="init")
+    std = None
+    if isinstance(model, MoE) and not prior:  # ML fits run on standardised data (exact back-map)
+        std = _standardize.for_data(model, xa, ya)
+        xa, ya = std.x(xa), std.y(ya, model)
+        if init is not None:
+            init = {k: v for k, v in std.to_std(model, init).items() if k in init}
     dtype = jnp.result_type(float)
     tol = tol if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-12)
     gtol = 1e-4 if dtype == jnp.float32 else 1e-8
@@ -194,6 +203,11 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
 
     ll, lpost, params, resp = _optimize.summary(objective, u_best, (x_j, y_j, kwargs, floors))
     ll = float(ll)
+    if std is not None:  # back to the data's units: exact parameter map and Jacobian
+        params = std.to_raw(model, params)
+        ll += std.log_jacobian(model, n)
+        start_ll = np.asarray(start_ll) + std.log_jacobian(model, n)
+        extra["standardization"] = std
     lpost = float(lpost) if prior else ll
     k = model.n_params(xa.shape[1]) if isinstance(model, MoE) else int(
         sum(np.size(v) for v in u_best.values()))

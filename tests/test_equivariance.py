@@ -1,0 +1,69 @@
+"""Right answers in any units: fit_mle on rescaled or shifted x and y reaches the transformed-data MLE
+(the original log-likelihood plus the exact Jacobian), and its parameters map back to the original fit's."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import bayesmoe as bm
+
+REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sgmoe_k2_n1000.csv"
+MODEL = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2)
+# (name, x scale, x shift, y scale, y shift)
+TRANSFORMS = [("x*1e-8", 1e-8, 0.0, 1.0, 0.0), ("x*1e6", 1e6, 0.0, 1.0, 0.0), ("x+1e6", 1.0, 1e6, 1.0, 0.0),
+              ("y*1e-8", 1.0, 0.0, 1e-8, 0.0), ("y*1e6", 1.0, 0.0, 1e6, 0.0), ("y+1e6", 1.0, 0.0, 1.0, 1e6)]
+
+
+@pytest.fixture(scope="module")
+def data():
+    if not REF.exists():
+        pytest.skip(f"reference data not found at {REF}")
+    df = pd.read_csv(REF)
+    return df[["x"]].to_numpy(), df["y"].to_numpy()
+
+
+@pytest.fixture(scope="module")
+def base_fits(data):
+    x, y = data
+    return {m: bm.fit_mle(MODEL, x, y, method=m, seed=0) for m in ("lbfgs", "em", "adam")}
+
+
+def _back(params, a, b, c, e):
+    """Parameters fitted on (a x + b, c y + e) expressed for (x, y), by hand (linear experts, softmax)."""
+    out = dict(params)
+    out["gate_coef"] = params["gate_coef"] * a
+    out["gate_intercept"] = params["gate_intercept"] + params["gate_coef"][:, 0] * b
+    coef, icpt = params["expert_coef"] * a, params["expert_intercept"] + params["expert_coef"][:, 0] * b
+    out["expert_coef"] = coef / c
+    out["expert_intercept"] = (icpt - e) / c
+    out["expert_scale"] = params["expert_scale"] / c
+    return out
+
+
+def _same_labels(est, ref):
+    if np.sum(np.abs(est["expert_intercept"] - ref["expert_intercept"])) > \
+            np.sum(np.abs(est["expert_intercept"][::-1] - ref["expert_intercept"])):
+        est = {k: v[::-1] for k, v in est.items()}
+        est = {**est, "gate_intercept": est["gate_intercept"] - est["gate_intercept"][-1],
+               "gate_coef": est["gate_coef"] - est["gate_coef"][-1]}
+    return est
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "em", "adam"])
+@pytest.mark.parametrize("name,a,b,c,e", TRANSFORMS)
+def test_fit_is_equivariant(data, base_fits, method, name, a, b, c, e):
+    x, y = data
+    base = base_fits[method]
+    fit = bm.fit_mle(MODEL, a * x + b, c * y + e, method=method, seed=0)
+    want = base.log_likelihood - len(y) * np.log(abs(c))
+    assert fit.log_likelihood == pytest.approx(want, rel=1e-3 * abs(base.log_likelihood) / abs(want))
+    back = _same_labels(_back(fit.params, a, b, c, e), base.params)
+    for k in ("gate_intercept", "gate_coef", "expert_intercept", "expert_coef", "expert_scale"):
+        np.testing.assert_allclose(back[k], base.params[k], rtol=2e-3, atol=2e-3, err_msg=f"{name} {k}")
+
+
+def test_reference_mle_reached_in_float32(base_fits):
+    for fit in base_fits.values():
+        assert fit.log_likelihood >= -1201.01989 - 1e-3
