@@ -23,6 +23,8 @@ _LAZY = {
     "fit_mle": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
     "set_host_device_count": "bayesmoe.inference",
+    "SamplerWarning": "bayesmoe.inference.diagnostics",
+    "FitWarning": "bayesmoe.inference.result",
 }
 _SUBMODULES = ("datasets", "experts", "family", "gates", "priors", "plots", "inference", "nn")
 
@@ -56,6 +58,6 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["Expert", "FitResult", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction", "Simulation",
+__all__ = ["Expert", "FitResult", "FitWarning", "Gate", "SamplerWarning", "MixtureOfExperts", "MoE", "Param", "Prediction", "Simulation",
            "datasets", "enable_x64", "experts", "family", "fit_map", "fit_mle", "gates", "nn", "plots",
            "priors", "relabel", "sample", "set_host_device_count"]

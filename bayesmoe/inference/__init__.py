@@ -1,7 +1,9 @@
 """Workflows that turn a model and data into answers: MAP/MLE, EM, NUTS, relabelling."""
 
+from bayesmoe.inference.diagnostics import SamplerWarning
 from bayesmoe.inference.map import fit_map, fit_mle
 from bayesmoe.inference.mcmc import sample, set_host_device_count
-from bayesmoe.inference.result import FitResult
+from bayesmoe.inference.result import FitResult, FitWarning
 
-__all__ = ["FitResult", "fit_map", "fit_mle", "sample", "set_host_device_count"]
+__all__ = ["FitResult", "FitWarning", "SamplerWarning", "fit_map", "fit_mle", "sample",
+           "set_host_device_count"]

@@ -90,7 +90,7 @@ def relabel(idata, method: str = "ecr", *, model: MoE | None = None, max_iter: i
         the reference gauge, ``sample_stats.relabel_permutation`` (chain, draw, expert): the original
         (sampler) label now stored under each label, and root attributes ``relabel_method``,
         ``relabel_fraction_permuted`` (fraction of draws this call permuted), ``relabel_iterations``
-        and ``relabel_converged``.
+        and ``relabel_converged`` (1 or 0: netCDF attributes cannot be booleans).
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
@@ -145,7 +145,7 @@ def relabel(idata, method: str = "ecr", *, model: MoE | None = None, max_iter: i
             coords={"chain": post["chain"].values, "draw": post["draw"].values,
                     "expert": post["expert"].values})
     out.attrs.update(relabel_method=method, relabel_fraction_permuted=frac,
-                     relabel_iterations=int(n_iter), relabel_converged=bool(converged))
+                     relabel_iterations=int(n_iter), relabel_converged=int(bool(converged)))
     return out
 
 

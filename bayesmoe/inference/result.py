@@ -6,7 +6,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["FitResult"]
+__all__ = ["FitResult", "FitWarning"]
+
+
+class FitWarning(UserWarning):
+    """A point fit that may not be what it seems: a degenerate component (an effective size below its
+    number of parameters, or a scale at its floor), a gate separating the data (no finite MLE),
+    coinciding experts, or a non-finite or float32-limited answer. Filter with ``warnings``."""
 
 
 @dataclass(frozen=True)
@@ -33,9 +39,11 @@ class FitResult:
     method: str
     prior: bool
     extra: dict = field(default_factory=dict, repr=False)
+    warnings: tuple[str, ...] = ()
 
     def __repr__(self) -> str:
         kind = "MAP" if self.prior else "MLE"
         return (f"FitResult({kind}, method={self.method!r}, log_likelihood={self.log_likelihood:.6f}, "
                 f"bic={self.bic:.3f}, n_params={self.n_params}, converged={self.converged}, "
-                f"n_steps={self.n_steps}, starts={len(self.start_log_likelihoods)})")
+                f"n_steps={self.n_steps}, starts={len(self.start_log_likelihoods)}"
+                + (f", warnings={len(self.warnings)}" if self.warnings else "") + ")")
