@@ -58,6 +58,6 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["Expert", "FitResult", "FitWarning", "Gate", "SamplerWarning", "MixtureOfExperts", "MoE", "Param", "Prediction", "Simulation",
-           "datasets", "enable_x64", "experts", "family", "fit_map", "fit_mle", "gates", "nn", "plots",
+__all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
+           "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map", "fit_mle", "gates", "nn", "plots",
            "priors", "relabel", "sample", "set_host_device_count"]
