@@ -59,5 +59,5 @@ def relabel(idata, method: str = "ecr", **kwargs):
 
 
 __all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
-           "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map", "fit_mle", "gates", "nn", "plots",
-           "priors", "relabel", "sample", "set_host_device_count"]
+           "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
+           "fit_mle", "gates", "nn", "plots", "priors", "relabel", "sample", "set_host_device_count"]
