@@ -23,6 +23,7 @@ _LAZY = {
     "fit_mle": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
     "set_host_device_count": "bayesmoe.inference",
+    "set_compilation_cache": "bayesmoe._cache",
     "SamplerWarning": "bayesmoe.inference.diagnostics",
     "FitWarning": "bayesmoe.inference.result",
 }
