@@ -6,12 +6,14 @@ Every check runs on concrete (numpy) data before anything is traced or compiled,
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
 
-__all__ = ["as_x", "as_y", "as_y_labels", "as_y_real", "check_positive_int", "column_names", "is_traced"]
+__all__ = ["align_xy", "as_x", "as_y", "as_y_labels", "as_y_real", "check_bool", "check_positive_int",
+           "check_real", "column_names", "is_traced"]
 
 
 def is_traced(a: Any) -> bool:
@@ -140,3 +142,33 @@ def check_positive_int(value: Any, name: str, minimum: int = 1) -> int:
     if value < minimum:
         raise ValueError(f"`{name}` must be >= {minimum}, got {value}")
     return int(value)
+
+
+def check_real(value: Any, name: str, allowed: str, ok: Callable[[float], bool]) -> float:
+    """A real scalar (Python or numpy int/float, not bool) satisfying ``ok``; returns it as a float."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"`{name}` must be a real number {allowed}, got {value!r}")
+    if not ok(float(value)):
+        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
+    return float(value)
+
+
+def check_bool(value: Any, name: str, extra: str = "") -> bool:
+    """True or False (numpy booleans accepted)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False{extra}, got {value!r}")
+    return bool(value)
+
+
+def align_xy(x: Any, y: Any) -> Any:
+    """``y`` matched to ``x`` by index when both are pandas objects (rows are never matched by position
+    when the indexes differ): reordered to x's index when they hold the same labels, else an error."""
+    xi, yi = getattr(x, "index", None), getattr(y, "index", None)
+    if xi is None or yi is None or not hasattr(y, "reindex"):
+        return y
+    if xi.equals(yi):
+        return y
+    if len(xi) == len(yi) and xi.is_unique and yi.is_unique and set(xi) == set(yi):
+        return y.reindex(xi)
+    raise ValueError("`x` and `y` are pandas objects whose indexes hold different labels: align them "
+                     "(e.g. y.loc[x.index]) or pass arrays")

@@ -351,6 +351,10 @@ class Family(abc.ABC):
                 out[p.name] = v - jax.lax.slice_in_dim(v, v.shape[ax] - 1, v.shape[ax], axis=ax)
         return out
 
+    def affine_sites(self, tag: str) -> list[str]:
+        """Names of the sites with the given ``affine`` tag (e.g. ``"coef"``: the slopes)."""
+        return [p.name for p in self.param_table() if p.affine == tag]
+
     def x_affine(self, d: int) -> bool:
         """Whether the family depends on x only through x itself (its regressors are x): then fits
         may standardise x, mapping the parameters with the table's ``affine`` tags. Default False."""

@@ -24,7 +24,7 @@ from jax.scipy.special import logsumexp
 from bayesmoe import _math
 from bayesmoe import priors as _priors
 from bayesmoe._random import as_key
-from bayesmoe._validation import as_x, as_y, check_positive_int, is_traced
+from bayesmoe._validation import align_xy, as_x, as_y, check_positive_int, is_traced
 from bayesmoe.distributions import MixtureOfExperts
 from bayesmoe.family import Expert, Family, Gate
 
@@ -61,6 +61,13 @@ class DataScale(NamedTuple):
 
     gate: _priors.Scale
     expert: _priors.Scale
+
+
+def _robust_spread(v: np.ndarray) -> np.ndarray:
+    """Per column: 1.4826 * MAD (the sd of a normal sample), the sd where the MAD is 0, else 1e-12."""
+    mad = 1.4826 * np.median(np.abs(v - np.median(v, axis=0)), axis=0)
+    sd = np.std(v, axis=0)
+    return np.maximum(np.where(mad > 0, mad, sd), 1e-12)
 
 
 def _priors_key(priors: Mapping | None):
@@ -154,6 +161,7 @@ class MoE:
     def check_data(self, x, y=None) -> tuple[np.ndarray, np.ndarray | None]:
         """Validate and convert ``x`` (n, d) and ``y`` (n,) (checked against the expert's support);
         raises ValueError naming the argument."""
+        y = align_xy(x, y)
         x = as_x(x, "x")
         if y is None:
             return x, None
@@ -267,11 +275,12 @@ class MoE:
         return out
 
     def floors(self, x: np.ndarray, y: np.ndarray | None, scale_floor: float) -> dict[str, jnp.ndarray]:
-        """Absolute lower bounds of the floored scales: ``scale_floor`` times the spread of the
-        variable each bounds (y's for expert scales, each x column's for gate scales)."""
-        spread = {"x": np.maximum(np.std(np.asarray(x, float), axis=0), 1e-12)}
+        """Absolute lower bounds of the floored scales: ``scale_floor`` times the robust spread
+        (1.4826 MAD, the sd where the MAD is 0) of the variable each bounds (y for expert scales,
+        each x column for gate scales), so that a few outliers do not lift every floor."""
+        spread = {"x": _robust_spread(np.asarray(x, float))}
         if y is not None and not self.expert.is_discrete:
-            spread["y"] = max(float(np.std(np.asarray(y, float))), 1e-12)
+            spread["y"] = float(_robust_spread(np.asarray(y, float)[:, None])[0])
         out = {}
         for fam in self.families:
             for name, var in fam.floor_sites().items():

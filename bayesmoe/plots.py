@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from bayesmoe._draws import chunk_size, map_draws
+from bayesmoe._random import as_rng
 from bayesmoe._validation import check_positive_int
 from bayesmoe.model import MoE, Prediction
 
@@ -51,14 +52,14 @@ def _posterior_dataset(idata):
     return node.to_dataset() if hasattr(node, "to_dataset") else node
 
 
-def posterior_params(idata, n_draws: int | None = None, seed: int = 0) -> dict[str, np.ndarray]:
+def posterior_params(idata, n_draws: int | None = None, seed=0) -> dict[str, np.ndarray]:
     """Posterior draws as ``{site name: array (S, *site shape)}``, chains and draws flattened.
 
     :param idata: a ``DataTree`` with a ``posterior`` group whose variables have dims ``chain`` and
         ``draw`` first (as :func:`bayesmoe.sample` returns), or that posterior ``Dataset`` itself.
     :param n_draws: keep this many draws, chosen at random without replacement (in their original
         order); ``None`` (default) or more than available keeps all ``S = chains * draws``.
-    :param seed: seed of that random choice.
+    :param seed: an int or a ``jax.random`` key: seed of that random choice.
     :returns: numpy arrays whose leading axis indexes draws (chain-major), ready for
         ``jax.vmap(lambda p: model.predict(p, x))(params)``.
     """
@@ -71,7 +72,7 @@ def posterior_params(idata, n_draws: int | None = None, seed: int = 0) -> dict[s
     n_total = int(ds.sizes["chain"] * ds.sizes["draw"])
     idx = None
     if n_draws is not None and n_draws < n_total:
-        idx = np.sort(np.random.default_rng(seed).choice(n_total, n_draws, replace=False))
+        idx = np.sort(as_rng(seed).choice(n_total, n_draws, replace=False))
     out = {}
     for name, var in ds.data_vars.items():
         if not all(d in var.dims for d in _SAMPLE_DIMS):
@@ -188,7 +189,7 @@ def _curve_with_band(ax, gx, point, lo, hi, field: str, j: int, color, label: st
 
 
 def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=None, ax=None,
-             n_grid: int = 200, band: float = 0.89, n_draws: int | None = 200, seed: int = 0):
+             n_grid: int = 200, band: float = 0.89, n_draws: int | None = 200, seed=0):
     r"""Plot the data and the fitted model; returns the matplotlib ``Axes``.
 
     Gaussian experts, 1-D x: the data (grey points); each expert's mean :math:`\mu_k(x)` (coloured
@@ -232,7 +233,7 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
     if point.class_probs is not None:
         C = point.class_probs.shape[1]
         colors = _colors(C, offset=model.n_experts)
-        jitter = np.random.default_rng(seed).uniform(-0.012, 0.012, size=y.shape[0])
+        jitter = as_rng(seed).uniform(-0.012, 0.012, size=y.shape[0])
         for c in range(C):
             _curve_with_band(ax, gx, point, lo, hi, "class_probs", c, colors[c], f"p(y = {c} | x)",
                              f"class_prob_{c}", f"class_band_{c}")
@@ -299,7 +300,7 @@ def _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed):
 
 # ----------------------------------------------------------------------------- plot_gates
 def plot_gates(model: MoE, x: Any, *, params: dict | None = None, idata=None, ax=None,
-               band: float = 0.89, n_grid: int = 200, n_draws: int | None = 200, seed: int = 0,
+               band: float = 0.89, n_grid: int = 200, n_draws: int | None = 200, seed=0,
                show_data: bool = True):
     r"""Plot the gate probabilities :math:`g_k(x)`; returns the matplotlib ``Axes``.
 

@@ -60,8 +60,11 @@ def test_fit_is_equivariant(data, base_fits, method, name, a, b, c, e):
     want = base.log_likelihood - len(y) * np.log(abs(c))
     assert fit.log_likelihood == pytest.approx(want, rel=1e-3 * abs(base.log_likelihood) / abs(want))
     back = _same_labels(_back(fit.params, a, b, c, e), base.params)
+    # Adam stops wherever its tolerance is met: agreement to its precision (far below the standard
+    # errors, about 0.1 here); L-BFGS and EM land on the same point
+    atol = 1e-2 if method == "adam" else 2e-3
     for k in ("gate_intercept", "gate_coef", "expert_intercept", "expert_coef", "expert_scale"):
-        np.testing.assert_allclose(back[k], base.params[k], rtol=2e-3, atol=2e-3, err_msg=f"{name} {k}")
+        np.testing.assert_allclose(back[k], base.params[k], rtol=2e-3, atol=atol, err_msg=f"{name} {k}")
 
 
 def test_reference_mle_reached_in_float32(base_fits):

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from bayesmoe import experts, gates
+from bayesmoe._random import as_key
 from bayesmoe.model import MoE
 
 __all__ = ["gaussian_gated", "glome", "simulate_dataset", "softmax_gated_gaussian",
@@ -98,14 +99,15 @@ def glome(specified: bool = True) -> tuple[MoE, dict]:
     return moe, params
 
 
-def simulate_dataset(key: jax.Array, model: MoE, params: dict, n: int,
+def simulate_dataset(key, model: MoE, params: dict, n: int,
                      x: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Draw a data set (x, y, z) of size n from a true model.
 
     x: given, else drawn from a Gaussian gate's mixture (GLLiM generative model), else an error
     for softmax gates (their papers fix a design: pass it, e.g. ``softmax_gated_gaussian_x(n)``).
+    ``key``: a ``jax.random`` key or an int seed.
     """
-    kx, ky = jax.random.split(key)
+    kx, ky = jax.random.split(as_key(key, "key"))
     if x is None:
         x = np.asarray(model.sample_x(kx, params, n))
     sim = model.simulate(ky, params, x)

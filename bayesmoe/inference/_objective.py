@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import threading
 from collections.abc import Callable
 
 import jax
@@ -9,6 +11,21 @@ import jax.numpy as jnp
 import numpyro.distributions as dist
 from numpyro.distributions.transforms import AffineTransform, ComposeTransform, ExpTransform
 from numpyro.handlers import seed, substitute, trace
+
+#: NumPyro's effect-handler stack is a module-level list shared by all threads: workflows that trace
+#: NumPyro models (fit_map, sample) hold this lock, so concurrent calls from threads run one at a time.
+MODEL_LOCK = threading.RLock()
+
+
+def serialized(fn: Callable) -> Callable:
+    """Run ``fn`` under :data:`MODEL_LOCK` (reentrant: workflows may call each other)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with MODEL_LOCK:
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def latent_sites(model_fn: Callable, args: tuple, kwargs: dict) -> dict[str, dict]:

@@ -17,6 +17,8 @@ For large data (``n > 2 * screen_size``) all starts run first on a random subsam
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -27,11 +29,11 @@ from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model
 
 from bayesmoe._random import as_key, seed_int
-from bayesmoe._validation import as_x, as_y_real, check_positive_int
+from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real
+from bayesmoe.inference import _checks, _optimize, _standardize
 from bayesmoe.inference import _objective as obj
-from bayesmoe.inference import _optimize, _standardize
 from bayesmoe.inference.init import data_starts
-from bayesmoe.inference.result import FitResult
+from bayesmoe.inference.result import FitResult, FitWarning
 from bayesmoe.model import MoE
 
 __all__ = ["METHODS", "fit_map", "fit_mle"]
@@ -39,15 +41,80 @@ __all__ = ["METHODS", "fit_map", "fit_mle"]
 METHODS = ("lbfgs", "adam", "em")
 
 
-def _check_args(method, n_starts, max_steps, tol, seed):
-    if method not in METHODS:
+def _check_args(*, method, n_starts, max_steps, tol, seed, learning_rate, jitter, scale_floor,
+                screen_size, progress_bar, prior) -> int:
+    """Every argument of fit_map, before anything is traced; returns the int seed."""
+    if not isinstance(method, str) or method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}")
     check_positive_int(n_starts, "n_starts")
     if max_steps is not None:
         check_positive_int(max_steps, "max_steps")
-    if tol is not None and not (isinstance(tol, (int, float)) and tol > 0):
-        raise ValueError(f"`tol` must be a positive number, got {tol!r}")
+    if tol is not None:
+        check_real(tol, "tol", "> 0 and finite", lambda v: 0 < v < math.inf)
+    check_real(learning_rate, "learning_rate", "> 0 and finite", lambda v: 0 < v < math.inf)
+    check_real(jitter, "jitter", ">= 0 and finite", lambda v: 0 <= v < math.inf)
+    check_real(scale_floor, "scale_floor", "in (0, 1)", lambda v: 0 < v < 1)
+    check_positive_int(screen_size, "screen_size", minimum=10)
+    check_bool(progress_bar, "progress_bar")
+    check_bool(prior, "prior")
     return seed_int(seed, "seed")
+
+
+def _check_size(model: MoE, n: int, d: int, prior: bool) -> None:
+    """Enough rows: more than the number of free parameters for maximum likelihood (else the MLE is
+    not identified), and at least 2 per expert for a MAP fit."""
+    k = model.n_params(d)
+    need = k + 1 if not prior else max(2, 2 * model.n_experts)
+    if n < need:
+        what = (f"the model has {k} free parameters: maximum likelihood needs at least {need} rows"
+                if not prior else f"a MAP fit of {model.n_experts} experts needs at least {need} rows")
+        raise ValueError(f"`x` has {n} rows but {what} ({model!r})")
+
+
+def _doubtful(model, params: dict, floors: dict) -> np.ndarray:
+    """Per start: a scale at its floor (a spike) or two coinciding experts (a saddle)."""
+    return _checks.at_floor(params, floors) | _checks.coinciding(params, model.expert.prior_names(),
+                                                                 model.n_experts)
+
+
+def _u_doubtful(model, u: dict, floors: dict) -> np.ndarray:
+    """:func:`_doubtful` read in unconstrained space (no MoE: nothing is doubtful)."""
+    if not isinstance(model, MoE):
+        return np.zeros(len(next(iter(u.values()))), bool)
+    names = [k for k in model.expert.param_dims(1, free=True) if k in u]
+    return _u_at_floor(u, floors) | _checks.coinciding(u, names, model.n_experts)
+
+
+def _best(ll: np.ndarray, degenerate: np.ndarray) -> int:
+    """The start of highest log-likelihood among the regular ones (if any is): starts at a scale floor
+    (spikes of the likelihood) or with coinciding experts (saddles) are passed over."""
+    ll = np.where(np.isfinite(ll), ll, -np.inf)
+    if np.any(~degenerate & np.isfinite(ll)):
+        ll = np.where(degenerate, -np.inf, ll)
+    return int(np.argmax(ll))
+
+
+def _lift(u: dict, floors: dict) -> dict:
+    """A scale exactly at its floor is -inf in unconstrained space (``u = log(scale - floor)``): start
+    it at ``floor * (1 + 1e-6)`` instead, so that optimisers have a finite point and gradient."""
+    out = dict(u)
+    for name, floor in floors.items():
+        if name in out:
+            lim = jnp.log(1e-6 * jnp.asarray(floor, out[name].dtype))
+            out[name] = jnp.where(jnp.isneginf(out[name]), lim, out[name])
+    return out
+
+
+def _u_at_floor(u: dict, floors: dict) -> np.ndarray:
+    """Per start, whether a floored scale is at its floor, read in unconstrained space
+    (``u = log(scale - floor)``, so the floor is ``u = -inf``)."""
+    out = np.zeros(len(next(iter(u.values()))), bool)
+    for name, floor in floors.items():
+        if name in u:
+            v = np.asarray(u[name])
+            lim = np.log(np.maximum(1e-3 * np.asarray(floor), np.finfo(np.float32).tiny))
+            out |= np.any((v <= np.broadcast_to(lim, v.shape[1:])).reshape(v.shape[0], -1), axis=1)
+    return out
 
 
 def _subsample(n: int, size: int, seed: int) -> np.ndarray:
@@ -63,6 +130,7 @@ def _index(tree: dict, i: int) -> dict:
     return {k: v[i] for k, v in tree.items()}
 
 
+@obj.serialized
 def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_starts: int = 8,
             seed: int = 0, init: dict | None = None, max_steps: int | None = None,
             tol: float | None = None, learning_rate: float = 0.02, jitter: float = 0.1,
@@ -81,10 +149,20 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     :param scale_floor: lower bound of every floored scale (expert / gate standard deviations),
         relative to the standard deviation of the variable it bounds (y, or each x column).
     :param screen_size: above ``2 * screen_size`` observations, starts are screened on a subsample.
-    :returns: a :class:`FitResult` with ``params`` keyed by the site names of DESIGN.md.
+    :returns: a :class:`FitResult` with ``params`` keyed by the site names; ``warnings`` lists what
+        makes the answer doubtful (a scale at its floor, degenerate or coinciding experts, a gate that
+        separates the data), each also issued as a :class:`~bayesmoe.FitWarning`.
+
+    Maximum-likelihood fits (``prior=False``) run on standardised data and map the estimates back
+    exactly, so the answer does not depend on the units of x and y. Among the starts, answers with a
+    scale at its floor (spikes of the unbounded likelihood) are passed over when another start is
+    regular. Fits may be called from several threads: NumPyro's handler stack is global, so fits
+    (and ``sample``) run one at a time under a lock.
     """
     key = as_key(seed, "seed")
-    seed = _check_args(method, n_starts, max_steps, tol, seed)
+    seed = _check_args(method=method, n_starts=n_starts, max_steps=max_steps, tol=tol, seed=seed,
+                       learning_rate=learning_rate, jitter=jitter, scale_floor=scale_floor,
+                       screen_size=screen_size, progress_bar=progress_bar, prior=prior)
     if isinstance(model, MoE):
         xa, ya = model.check_data(x, y)
         if ya is None:
@@ -97,6 +175,8 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     else:
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
     n = xa.shape[0]
+    if isinstance(model, MoE):
+        _check_size(model, n, xa.shape[1], bool(prior))
     if init is not None and isinstance(model, MoE):
         init = model.check_params(init, xa.shape[1], name="init")
     std = None
@@ -106,7 +186,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         if init is not None:
             init = {k: v for k, v in std.to_std(model, init).items() if k in init}
     dtype = jnp.result_type(float)
-    tol = tol if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-12)
+    tol = float(tol) if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-12)
     gtol = 1e-4 if dtype == jnp.float32 else 1e-8
     max_steps = max_steps or {"lbfgs": 500, "adam": 3000, "em": 2000}[method]
     x_j = jnp.asarray(xa, dtype)
@@ -115,6 +195,11 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     if isinstance(model, MoE):
         kwargs = {"data_scale": model.data_scale(xa, ya)}
         floors = model.floors(xa, ya, scale_floor)
+        if init is not None:
+            for name, floor in floors.items():
+                if name in init and np.any(np.asarray(init[name]) < np.asarray(floor)):
+                    raise ValueError(f"`init[{name!r}]` is below its floor (scale_floor = {scale_floor} "
+                                     f"times the data's spread): the estimator bounds it there")
         starts = [{k: jnp.asarray(v, dtype)[None] for k, v in init.items()}] if init is not None else []
         # the starts need the data's shape, not all of it
         rows = _subsample(n, screen_size, seed + 1) if n > screen_size else slice(None)
@@ -140,7 +225,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
             u_list.append(info.z)
         u0 = _stack(u_list)
     else:
-        u0 = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in starts_free.items()})
+        u0 = _lift(obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in starts_free.items()}), floors)
     # jittered copies: start 0 of every data-driven seed is kept as is
     noise_keys = jax.random.split(jax.random.fold_in(key, 1), len(u0))
     jit_mask = (jnp.arange(n_starts) % 2 == 1) if init is None else (jnp.arange(n_starts) > 0)
@@ -159,17 +244,18 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
             idx = _subsample(n, screen_size, seed)
             em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol, floors=floors)
             start_ll = np.asarray(em.log_likelihood)
-            best = int(np.nanargmax(start_ll))
+            best = _best(start_ll, _doubtful(model, em.params, floors))
             full0 = {k: v[best:best + 1] for k, v in em.params.items()}
             extra["screened_on"] = screen_size
         em = em_fit(model, x_j, y_j, full0, max_steps=max_steps, tol=tol, floors=floors)
         if "screened_on" not in extra:
             start_ll = np.asarray(em.log_likelihood)
-        best = int(np.nanargmax(np.asarray(em.log_likelihood)))
+        best = _best(np.asarray(em.log_likelihood), _doubtful(model, em.params, floors))
         best_full = _index(em.params, best)
         n_steps, converged = int(em.n_steps[best]), bool(em.converged[best])
         u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
                                        model.free_params(best_full).items()})
+        u_best = _lift(u_best, floors)
         if prior:  # polish the EM answer on the posterior
             st = _optimize.run(objective, _stack([u_best]), (x_j, y_j, kwargs, floors), method="lbfgs",
                                max_steps=500, tol=tol, gtol=gtol, progress_bar=progress_bar)
@@ -184,7 +270,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                                gtol=gtol, learning_rate=learning_rate, progress_bar=progress_bar,
                                desc="screen starts")
             start_ll = -np.asarray(st.value) * screen_size
-            best = int(np.nanargmin(np.asarray(st.value)))
+            best = _best(-np.asarray(st.value), _u_doubtful(model, st.u, floors))
             st = _optimize.run(objective, _stack([_index(st.u, best)]), data, method=method,
                                max_steps=max_steps, tol=tol, gtol=gtol, learning_rate=learning_rate,
                                progress_bar=progress_bar, desc="refine")
@@ -193,7 +279,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
         else:
             st = _optimize.run(objective, u0, data, method=method, max_steps=max_steps, tol=tol,
                                gtol=gtol, learning_rate=learning_rate, progress_bar=progress_bar)
-            best_i = int(np.nanargmin(np.asarray(st.value)))
+            best_i = _best(-np.asarray(st.value), _u_doubtful(model, st.u, floors))
             start_ll = None
         u_best = _index(st.u, best_i)
         n_steps, converged = int(st.steps[best_i]), bool(st.done[best_i])
@@ -203,6 +289,15 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
 
     ll, lpost, params, resp = _optimize.summary(objective, u_best, (x_j, y_j, kwargs, floors))
     ll = float(ll)
+    problems: list[str] = []
+    if isinstance(model, MoE):
+        problems = _checks.fit_problems(
+            model, jax.tree.map(np.asarray, params), resp, floors, kwargs["data_scale"].gate.sd, ll,
+            xa.shape[1], loglik=lambda p: np.sum(np.asarray(model.log_likelihood(p, x_j, y_j))))
+    converged = converged and bool(np.isfinite(ll))
+    for msg in problems:
+        # stack: user -> [fit_mle ->] lock wrapper -> here
+        warnings.warn(f"{'fit_map' if prior else 'fit_mle'}: {msg}", FitWarning, stacklevel=3 if prior else 4)
     if std is not None:  # back to the data's units: exact parameter map and Jacobian
         params = std.to_raw(model, params)
         ll += std.log_jacobian(model, n)
@@ -222,7 +317,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                      log_posterior=lpost, n_params=int(k), n_obs=n, aic=float(aic), bic=float(bic),
                      icl=float(icl), converged=converged, n_steps=n_steps,
                      start_log_likelihoods=np.asarray(start_ll), method=method, prior=prior,
-                     extra=extra)
+                     extra=extra, warnings=tuple(problems))
 
 
 def fit_mle(model: MoE | Callable, x: Any, y: Any, **kwargs) -> FitResult:

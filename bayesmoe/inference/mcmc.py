@@ -33,7 +33,7 @@ from numpyro.infer import log_likelihood as numpyro_log_likelihood
 
 from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe._random import as_key
-from bayesmoe._validation import as_x, check_positive_int, column_names
+from bayesmoe._validation import as_x, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference import diagnostics as diag
 from bayesmoe.inference.map import fit_map
@@ -55,6 +55,7 @@ def _default_chain_method(num_chains: int) -> str:
     return "parallel" if jax.local_device_count() >= num_chains else "vectorized"
 
 
+@obj.serialized
 def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_warmup: int = 1000,
            num_samples: int = 1000, seed: int | jax.Array = 0, init: str | dict = "map",
            chain_method: str | None = None, progress_bar: bool = True, relabel: bool = True,
@@ -215,26 +216,13 @@ def _check_arguments(*, num_chains, num_warmup, num_samples, chain_method, progr
     check_positive_int(max_tree_depth, "max_tree_depth")
     if chain_method is not None and not (isinstance(chain_method, str) and chain_method in CHAIN_METHODS):
         raise ValueError(f"`chain_method` must be one of {CHAIN_METHODS} or None, got {chain_method!r}")
-    _check_real(target_accept_prob, "target_accept_prob", "in (0, 1)", lambda v: 0 < v < 1)
-    _check_real(init_jitter, "init_jitter", ">= 0 and finite", lambda v: 0 <= v < math.inf)
+    check_real(target_accept_prob, "target_accept_prob", "in (0, 1)", lambda v: 0 < v < 1)
+    check_real(init_jitter, "init_jitter", ">= 0 and finite", lambda v: 0 <= v < math.inf)
     for name, value in (("progress_bar", progress_bar), ("relabel", relabel),
                         ("posterior_predictive", posterior_predictive), ("quiet", quiet)):
-        _check_bool(value, name)
+        check_bool(value, name)
     if dense_mass is not None:
-        _check_bool(dense_mass, "dense_mass", " or None")
-
-
-def _check_real(value: Any, name: str, allowed: str, ok: Callable[[float], bool]) -> None:
-    """A real scalar (Python or numpy int/float, not bool) satisfying ``ok``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise ValueError(f"`{name}` must be a real number {allowed}, got {value!r}")
-    if not ok(float(value)):
-        raise ValueError(f"`{name}` must be {allowed}, got {value!r}")
-
-
-def _check_bool(value: Any, name: str, extra: str = "") -> None:
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"`{name}` must be True or False{extra}, got {value!r}")
+        check_bool(dense_mass, "dense_mass", " or None")
 
 
 def _report(dt, stats: dict, max_tree_depth: int, quiet: bool) -> None:
