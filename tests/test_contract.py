@@ -162,6 +162,9 @@ def test_user_gate_sample_and_relabel():
                    n_starts=2)
     g = dt["posterior"]["gate_logit"]
     assert g.dims == ("chain", "draw", "expert")
+    pred = model.predict(truth, x[:3])                           # constant gate: softmax(b) on every row
+    np.testing.assert_allclose(pred.gate_probs, np.tile(np.exp(truth["gate_logit"]) / np.exp(
+        truth["gate_logit"]).sum(), (3, 1)), rtol=1e-5)
     np.testing.assert_allclose(g.values[..., -1], 0.0)          # gauge kept by relabel
     # any permutation of the draws is undone back to one labelling
     means = dt["posterior"]["expert_intercept"].mean(("chain", "draw")).values
