@@ -166,6 +166,15 @@ class Gaussian(_Polynomial, Expert):
         """log p_k(y_i | x_i), shape (n, K)."""
         return self.component(params, x).log_prob(jnp.asarray(y)[:, None])
 
+    def voronoi_atoms(self, params):
+        """Blocks a (slopes), b (intercept) and the **variance** sigma^2 (arXiv 2305.03288)."""
+        return {"a": jnp.asarray(params["expert_coef"]),
+                "b": jnp.asarray(params["expert_intercept"])[..., None],
+                "sigma": (jnp.asarray(params["expert_scale"]) ** 2)[..., None]}
+
+    def voronoi_orders(self):
+        return {"a": "r/2", "b": "r", "sigma": "r/2"}
+
     def em_mstep(self, params, r, x, y, floors, cache, joint):
         design = cache if cache is not None else self.em_prepare(x, y)
         floor = _floor(floors, "expert_scale", design.dtype)
@@ -401,6 +410,16 @@ class Categorical(_Polynomial, Expert):
         logp = jax.nn.log_softmax(self.logits(params, x), axis=-1)  # (n, K, C)
         y = jnp.asarray(y, dtype=jnp.int32)
         return jnp.take_along_axis(logp, y[:, None, None], axis=-1)[..., 0]
+
+    def voronoi_atoms(self, params):
+        """Blocks a (slopes of every class) and b (intercepts of every class) (arXiv 2310.14188)."""
+        a = jnp.asarray(params["expert_coef"])
+        return {"a": a.reshape(a.shape[:-2] + (-1,)), "b": jnp.asarray(params["expert_intercept"])}
+
+    def voronoi_orders(self):
+        """Over-fitted cells: r/2 on both blocks, as the n^(-1/4) over-fitted rates of arXiv 2310.14188
+        (the standard form, not confirmed from the paper's text)."""
+        return {"a": "r/2", "b": "r/2"}
 
     def em_prepare(self, x, y):
         design = _math.with_intercept(self.features(x))

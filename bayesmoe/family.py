@@ -452,6 +452,17 @@ class Family(abc.ABC):
             out[k] = numpyro.deterministic(k, v)
         return out
 
+    # ------------------------------------------------------------------ Voronoi losses (bm.metrics)
+    def voronoi_atoms(self, params: Params) -> dict[str, jnp.ndarray]:
+        """The family's blocks of each atom of the mixing measure, ``{block: (..., K, m)}`` (distances
+        are Euclidean norms per block). Families that take part in Voronoi losses override it."""
+        raise NotImplementedError(f"{self!r} defines no Voronoi atoms (voronoi_atoms)")
+
+    def voronoi_orders(self) -> dict[str, str]:
+        """Exponent of each block's distance inside over-fitted cells: ``"r"`` or ``"r/2"`` (with r
+        the cell's rbar); singleton cells use first powers."""
+        return {}
+
     # ------------------------------------------------------------------ generic EM pieces
     @abc.abstractmethod
     def em_objective(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
@@ -543,6 +554,19 @@ class Gate(Family):
 
     def em_objective(self, params, r, x, y, joint):
         return jnp.sum(r * self.log_terms(params, x, joint))
+
+    def voronoi_weights(self, params: Params) -> jnp.ndarray:
+        """The atoms' masses in the mixing measure, (..., K)."""
+        raise NotImplementedError(f"{self!r} defines no Voronoi weights (voronoi_weights)")
+
+    def translated(self, params: Params, shift: Mapping) -> Params:
+        """The gate's sites with a reference entry shifted by a common translation: every row of site
+        ``name`` plus ``shift[name]`` (one row's shape). The gate probabilities do not change."""
+        out = dict(params)
+        for name, dim in self.reference_dims().items():
+            if dim == "expert" and name in shift:
+                out[name] = jnp.asarray(params[name]) + jnp.asarray(shift[name])
+        return out
 
     def init_params(self, x: jnp.ndarray, w: jnp.ndarray, floors: Mapping) -> Params:
         """A data-driven start given soft expert weights w (n, K): by default the M-step (closed form

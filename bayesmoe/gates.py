@@ -77,6 +77,16 @@ class _LinearSoftmax(Gate):
         return _math.softmax_log_weights(jnp.asarray(params["gate_intercept"]),
                                          jnp.asarray(params["gate_coef"]), self.features(x))
 
+    def voronoi_weights(self, params):
+        r"""Masses :math:`\exp(\beta_{0k})` of the mixing measure (arXiv 2305.03288, section 1)."""
+        return jnp.exp(jnp.asarray(params["gate_intercept"]))
+
+    def voronoi_atoms(self, params):
+        return {"beta1": jnp.asarray(params["gate_coef"])}
+
+    def voronoi_orders(self):
+        return {"beta1": "r"}
+
     def em_prepare(self, x, y):
         return _math.with_intercept(self.features(x))
 

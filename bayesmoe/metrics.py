@@ -1,0 +1,261 @@
+r"""Voronoi losses between a fitted and the true mixing measure of a mixture of experts.
+
+The convergence-rate papers behind bayesmoe measure the error of an estimate by a Voronoi loss between
+the mixing measures :math:`G = \sum_i w_i \delta_{\theta_i}` (fitted) and
+:math:`G_* = \sum_j w^*_j \delta_{\theta^*_j}` (true). Every fitted atom :math:`i` falls in the Voronoi
+cell :math:`A_j` of its closest true atom (distance: the sum over blocks of Euclidean norms,
+:math:`\sum_b \|\Delta\theta^b_{ij}\|`; ties go to the lowest j). With :math:`\Delta^b_{ij}` that block
+norm,
+
+.. math::
+
+   D_1 = \sum_j \sum_{i \in A_j} w_i \sum_b \Delta^b_{ij} + \sum_j \Big|\sum_{i\in A_j} w_i - w^*_j\Big|
+
+for an exact fit (as many fitted as true experts) and, for an over-fit, with :math:`r_j = \bar r(|A_j|)`,
+
+.. math::
+
+   D_2 = \sum_{j: |A_j| > 1} \sum_{i \in A_j} w_i \sum_b (\Delta^b_{ij})^{o_b(r_j)}
+       + \sum_{j: |A_j| = 1} \sum_{i \in A_j} w_i \sum_b \Delta^b_{ij}
+       + \sum_j \Big|\sum_{i\in A_j} w_i - w^*_j\Big|,
+
+where each block's order :math:`o_b` is :math:`r` or :math:`r/2`, and :math:`\bar r(2) = 4`,
+:math:`\bar r(3) = 6` (larger cells need a caller-supplied ``rbar``). The loss code knows no family:
+each family supplies its blocks (``voronoi_atoms``) and orders (``voronoi_orders``), and the gate the
+masses (``voronoi_weights``). Softmax gates: masses :math:`\exp(\beta_{0i})`, block :math:`\beta_1`
+(order r); Gaussian experts: blocks a (r/2), b (r) and the **variance** :math:`\sigma^2` (r/2) — the
+losses of Nguyen, Nguyen & Ho 2023 (arXiv 2305.03288, section 1); multinomial-logistic experts: blocks
+a and b (r/2; arXiv 2310.14188, the standard form).
+
+Softmax gates are identifiable only up to a common translation of their rows: ``translation="gauge"``
+compares both measures in the reference gauge (the last expert's row zero, as the published code does);
+``translation="inf"`` minimises the loss over the common translation of the fitted gate (as the
+papers' definition), starting from the gauge, so it is never larger and does not depend on the
+translation of the fitted parameters. Every function works on one parameter set; ``jax.vmap`` it over
+stacked replications (``jax.jit`` too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from bayesmoe._validation import is_traced
+
+__all__ = ["voronoi_cells", "voronoi_loss"]
+
+KINDS = ("auto", "exact", "over")
+TRANSLATIONS = ("gauge", "inf")
+_RBAR = {2: 4.0, 3: 6.0}
+_INF_STEPS = 300
+
+
+def _measure(model, params: Mapping):
+    params = model.regauge(dict(params))
+    return _measure_raw(model, params)[:2] + (_orders(model),)
+
+
+def _orders(model) -> dict:
+    return {**model.gate.voronoi_orders(), **model.expert.voronoi_orders()}
+
+
+def _gauged(model, fitted: Mapping, true: Mapping) -> dict:
+    """The fitted gate in the gauge of the truth: its rows minus the row of the fitted atom closest (in
+    the expert blocks, which a translation does not move) to the true reference (last) atom. With
+    matching labels this is the reference gauge; it does not depend on the order of fitted experts."""
+    fe = model.expert.voronoi_atoms(dict(fitted))
+    te = model.expert.voronoi_atoms(dict(true))
+    ref = jnp.argmin(jnp.sum(_block_distances(fe, te)[:, -1, :], axis=-1))
+    shift = {name: -jnp.take(jnp.asarray(fitted[name]), ref, axis=0)
+             for name, dim in model.gate.reference_dims().items() if dim == "expert"}
+    return model.gate.translated(dict(fitted), shift)
+
+
+def _block_distances(fitted_atoms: dict, true_atoms: dict) -> jnp.ndarray:
+    """Block norms (K_fit, K_true, B) in the order of ``fitted_atoms``."""
+    out = []
+    for name, a in fitted_atoms.items():
+        a = jnp.asarray(a).reshape(a.shape[0], -1)
+        b = jnp.asarray(true_atoms[name]).reshape(true_atoms[name].shape[0], -1)
+        sq = jnp.sum((a[:, None, :] - b[None, :, :]) ** 2, axis=-1)
+        # exact 0 at coinciding atoms, with a finite (zero) gradient there
+        out.append(jnp.where(sq > 0, jnp.sqrt(jnp.where(sq > 0, sq, 1.0)), 0.0))
+    return jnp.stack(out, axis=-1)
+
+
+def _cells(dist: jnp.ndarray) -> jnp.ndarray:
+    return jnp.argmin(jnp.sum(dist, axis=-1), axis=1)     # argmin takes the lowest j on ties
+
+
+def voronoi_cells(model, fitted: Mapping, true: Mapping) -> jnp.ndarray:
+    """The true atom whose Voronoi cell each fitted atom falls in, shape (K_fit,) (ties: lowest j)."""
+    _check(model, fitted, true)
+    _, fa, _ = _measure_raw(model, _gauged(model, model.regauge(dict(fitted)), model.regauge(dict(true))))
+    _, ta, _ = _measure(model, true)
+    return _cells(_block_distances(fa, ta))
+
+
+def _rbar_table(rbar, k_fit: int) -> np.ndarray:
+    """r for cells of 0..k_fit atoms (NaN where undefined)."""
+    table = np.full(k_fit + 1, np.nan)
+    table[:2] = 1.0                                        # singleton cells: first powers
+    for m in range(2, k_fit + 1):
+        if callable(rbar):
+            table[m] = float(rbar(m))
+        elif isinstance(rbar, Mapping) and m in rbar:
+            table[m] = float(rbar[m])
+        elif m in _RBAR:
+            table[m] = _RBAR[m]
+    return table
+
+
+def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
+    dist = _block_distances(fa, ta)                        # (Kf, Kt, B)
+    cell = _cells(dist)
+    Kt = tw.shape[0]
+    onehot = jax.nn.one_hot(cell, Kt, dtype=fw.dtype)      # (Kf, Kt)
+    d_own = jnp.take_along_axis(dist, cell[:, None, None], axis=1)[:, 0, :]   # (Kf, B)
+    mass = jnp.sum(jnp.abs(onehot.T @ fw - tw))
+    if not over:
+        return jnp.sum(fw * jnp.sum(d_own, axis=-1)) + mass
+    size = jnp.sum(onehot, axis=0)[cell]                   # |A_j| of each fitted atom's cell
+    r = jnp.asarray(rtab, fw.dtype)[size.astype(jnp.int32)]
+    factor = jnp.asarray([1.0 if orders.get(name, "r") == "r" else 0.5 for name in fa], fw.dtype)
+    powered = d_own ** (r[:, None] * factor[None, :])
+    per_atom = jnp.where(size > 1, jnp.sum(powered, axis=-1), jnp.sum(d_own, axis=-1))
+    return jnp.sum(fw * per_atom) + mass
+
+
+def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: str = "auto",
+                 rbar: Mapping | Callable | None = None, translation: str = "gauge") -> jnp.ndarray:
+    r"""Voronoi loss :math:`D_1` (exact fit) or :math:`D_2` (over-fit) between fitted and true params.
+
+    :param model: a :class:`~bayesmoe.MoE` whose families define Voronoi atoms (its ``n_experts`` is
+        the fitted K; the true K is read from ``true_params``).
+    :param kind: ``"exact"`` (:math:`D_1`), ``"over"`` (:math:`D_2`) or ``"auto"``: exact when the
+        fitted K equals the true K.
+    :param rbar: :math:`\bar r(m)` for cells of m >= 4 atoms (a dict or a callable; 2 -> 4 and
+        3 -> 6 are built in). Required when such a cell occurs (or may occur, under ``jit``).
+    :param translation: ``"gauge"`` (reference gauge on both sides) or ``"inf"`` (minimised over the
+        common translation of the fitted gate).
+    :returns: a scalar.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"`kind` must be one of {KINDS}, got {kind!r}")
+    if translation not in TRANSLATIONS:
+        raise ValueError(f"`translation` must be one of {TRANSLATIONS}, got {translation!r}")
+    if rbar is not None and not (callable(rbar) or isinstance(rbar, Mapping)):
+        raise ValueError(f"`rbar` must be a dict {{cell size: r}} or a callable, got {rbar!r}")
+    k_fit, k_true = _check(model, fitted_params, true_params)
+    if kind == "exact" and k_fit != k_true:
+        raise ValueError(f"`kind` is 'exact', which needs as many fitted as true experts; got {k_fit} "
+                         f"and {k_true}")
+    over = kind == "over" or (kind == "auto" and k_fit != k_true)
+    rtab = _rbar_table(rbar, k_fit)
+    if over:
+        _check_rbar(model, fitted_params, true_params, rtab, k_fit, k_true)
+    fitted = _gauged(model, model.regauge(dict(fitted_params)), model.regauge(dict(true_params)))
+    fw, fa, _ = _measure_raw(model, fitted)
+    tw, ta, orders = _measure(model, true_params)
+    gauge = _loss(fw, fa, tw, ta, orders, over, rtab)
+    if translation == "gauge":
+        return gauge
+    return _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge)
+
+
+def _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge):
+    """min over the common translation t of the fitted gate, from t = 0 (Adam, best point kept)."""
+    ref = model.gate.reference_dims()
+    shift0 = {k: jnp.zeros(jnp.shape(fitted[k])[1:], jnp.asarray(fitted[k]).dtype) for k in ref}
+
+    def loss(shift):
+        p = model.gate.translated(fitted, shift)
+        fw, fa, _ = _measure_raw(model, p)
+        return _loss(fw, fa, tw, ta, orders, over, rtab)
+
+    opt = optax.adam(optax.exponential_decay(0.05, _INF_STEPS // 6, 0.5))
+
+    def step(carry, _):
+        shift, state, best = carry
+        value, grad = jax.value_and_grad(loss)(shift)
+        updates, state = opt.update(grad, state, shift)
+        best = jnp.where(value < best, value, best)
+        return (optax.apply_updates(shift, updates), state, best), None
+
+    (shift, _, best), _ = jax.lax.scan(step, (shift0, opt.init(shift0), gauge), None, length=_INF_STEPS)
+    last = loss(shift)
+    return jnp.where(last < best, last, best)
+
+
+def _measure_raw(model, params):
+    """(masses, atoms, orders) of a parameter set as it is (no re-gauging)."""
+    return (model.gate.voronoi_weights(params),
+            {**model.gate.voronoi_atoms(params), **model.expert.voronoi_atoms(params)}, _orders(model))
+
+
+def _n_experts(model, params: Mapping) -> int:
+    first = next(iter(model.expert.param_shapes(1, 1)))
+    if first not in params:
+        raise ValueError(f"`params` is missing site {first!r} of {model.expert!r}")
+    return int(np.shape(params[first])[0])
+
+
+def _check(model, fitted: Mapping, true: Mapping) -> tuple[int, int]:
+    from bayesmoe.model import MoE  # noqa: PLC0415
+
+    if not isinstance(model, MoE):
+        raise ValueError(f"`model` must be a bayesmoe.MoE, got {type(model).__name__}")
+    for name, p in (("fitted_params", fitted), ("true_params", true)):
+        if not isinstance(p, Mapping):
+            raise ValueError(f"`{name}` must be a dict keyed by site name, got {type(p).__name__}")
+    k_fit = model.n_experts
+    k_true = _n_experts(model, true)
+    if not any(is_traced(v) for v in jax.tree.leaves((dict(fitted), dict(true)))):
+        d = _input_dim(model, fitted)
+        model.check_params(fitted, d, name="fitted_params")
+        MoE(model.gate, model.expert, k_true).check_params(true, d, name="true_params")
+    if k_true > k_fit:
+        raise ValueError(f"`true_params` has {k_true} experts but the model fits {k_fit}: Voronoi losses "
+                         "compare an exact or over-fitted estimate with the truth")
+    try:
+        _measure_raw(model, dict(fitted))
+    except NotImplementedError as err:
+        raise ValueError(f"`model` has no Voronoi loss: {err}") from err
+    return k_fit, k_true
+
+
+def _input_dim(model, params: Mapping) -> int:
+    """d read from the gate's coefficient / location site (the regressor axis of an affine site)."""
+    for tag in ("coef", "x_loc"):
+        for name in model.gate.affine_sites(tag):
+            if name in params:
+                shape = np.shape(params[name])
+                q = shape[-1]
+                for d in range(1, 64):
+                    if model.gate.n_features(d) == q:
+                        return d
+    return 1
+
+
+def _check_rbar(model, fitted, true, rtab, k_fit: int, k_true: int) -> None:
+    """A clear error when a cell of >= 4 atoms has no rbar (checked on the actual cells when the
+    params are concrete, on the largest possible cell under jit)."""
+    largest = k_fit - k_true + 1
+    if largest < 4 or np.all(np.isfinite(rtab[4:largest + 1])):
+        return
+    if not any(is_traced(v) for v in jax.tree.leaves((dict(fitted), dict(true)))):
+        _, fa, _ = _measure_raw(model, _gauged(model, model.regauge(dict(fitted)), model.regauge(dict(true))))
+        _, ta, _ = _measure(model, true)
+        sizes = np.bincount(np.asarray(_cells(_block_distances(fa, ta))), minlength=k_true)
+        missing = [int(m) for m in sizes if m >= 4 and not np.isfinite(rtab[m])]
+        if not missing:
+            return
+        raise ValueError(f"`rbar` is required: a Voronoi cell holds {max(missing)} fitted atoms and rbar is "
+                         "known only for cells of 2 and 3 (pass rbar={m: r} or a callable)")
+    raise ValueError(f"`rbar` is required: under jit a cell may hold up to {largest} fitted atoms and rbar "
+                     "is known only for cells of 2 and 3 (pass rbar={m: r} or a callable)")
+
