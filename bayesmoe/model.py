@@ -21,7 +21,7 @@ import numpy as np
 import numpyro
 from jax.scipy.special import logsumexp
 
-from bayesmoe import _math
+from bayesmoe import _cache, _math
 from bayesmoe import priors as _priors
 from bayesmoe._random import as_key
 from bayesmoe._validation import align_xy, as_x, as_y, check_positive_int, is_traced
@@ -29,6 +29,9 @@ from bayesmoe.distributions import MixtureOfExperts
 from bayesmoe.family import Expert, Family, Gate
 
 __all__ = ["DataScale", "MoE", "Prediction", "Simulation"]
+
+# the persistent JAX compilation cache, on by default for everything built on models (bayesmoe._cache)
+_cache.configure_default()
 
 Params = dict[str, Any]
 

@@ -13,9 +13,10 @@ data's units is the standardised one plus the exact Jacobian
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
-import jax.numpy as jnp
+import jax
 import numpy as np
 
 __all__ = ["Standardization", "identity", "for_data"]
@@ -81,12 +82,17 @@ def for_data(model, x: np.ndarray, y: np.ndarray) -> Standardization:
 
 
 def _map(model, params: dict, st: Standardization, inverse: bool) -> dict:
-    import jax  # noqa: PLC0415
-
     with jax.enable_x64(True):
-        p = {k: jnp.asarray(np.asarray(v, np.float64)) for k, v in params.items()}
-        args = (jnp.asarray(st.x_loc), jnp.asarray(st.x_scale), st.y_loc, st.y_scale)
-        p = model.gate.standardize(p, *args, inverse=inverse)
-        p = model.expert.standardize(p, *args, inverse=inverse)
-        p = model.complete_params({k: v for k, v in p.items() if k in model.site_names(len(st.x_loc))})
-        return {k: np.asarray(v, np.float64) for k, v in p.items()}
+        p = {k: np.asarray(v, np.float64) for k, v in params.items()
+             if k in model.site_names(len(st.x_loc))}
+        out = _map_compiled(model, inverse, p, np.asarray(st.x_loc), np.asarray(st.x_scale),
+                            np.float64(st.y_loc), np.float64(st.y_scale))
+        return {k: np.asarray(v, np.float64) for k, v in out.items()}
+
+
+@partial(jax.jit, static_argnums=(0, 1))
+def _map_compiled(model, inverse, params, x_loc, x_scale, y_loc, y_scale):
+    """One compiled program (float64) per model and direction, instead of many eager operations."""
+    p = model.gate.standardize(params, x_loc, x_scale, y_loc, y_scale, inverse=inverse)
+    p = model.expert.standardize(p, x_loc, x_scale, y_loc, y_scale, inverse=inverse)
+    return model.complete_params(p)

@@ -62,17 +62,19 @@ def soft_partitions(model, x: np.ndarray, y: np.ndarray, n_starts: int,
     return out
 
 
-@partial(jax.jit, static_argnums=0)
-def _params_from_weights(model, x, y, weights, floors):
+@partial(jax.jit, static_argnums=(0, 5))
+def _params_from_weights(model, x, y, weights, floors, free: bool):
     def one(w):
         params = dict(model.gate.init_params(x, w, floors))
         params.update(model.expert.init_params(x, y, w, floors))
-        return model.regauge(params)
+        return model.free_params(params) if free else model.regauge(params)
 
     return jax.vmap(one)(weights)
 
 
-def data_starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) -> dict:
-    """``n_starts`` data-driven starts: full params (table sites) with a leading axis of starts."""
+def data_starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict, *,
+                free: bool = False) -> dict:
+    """``n_starts`` data-driven starts with a leading axis of starts: full params (table sites), or
+    with ``free=True`` the sample-site values (all in one compiled call)."""
     weights = soft_partitions(model, np.asarray(x), np.asarray(y), n_starts, rng)
-    return _params_from_weights(model, x, y, jax.numpy.asarray(weights, x.dtype), floors)
+    return _params_from_weights(model, x, y, jax.numpy.asarray(weights, x.dtype), floors, free)

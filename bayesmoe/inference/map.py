@@ -200,14 +200,14 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                 if name in init and np.any(np.asarray(init[name]) < np.asarray(floor)):
                     raise ValueError(f"`init[{name!r}]` is below its floor (scale_floor = {scale_floor} "
                                      f"times the data's spread): the estimator bounds it there")
-        starts = [{k: jnp.asarray(v, dtype)[None] for k, v in init.items()}] if init is not None else []
+        starts = [model.free_params({k: np.asarray(v)[None] for k, v in init.items()})] \
+            if init is not None else []
         # the starts need the data's shape, not all of it
         rows = _subsample(n, screen_size, seed + 1) if n > screen_size else slice(None)
         if n_starts > len(starts):
             starts.append(data_starts(model, x_j[rows], y_j[rows], n_starts - len(starts),
-                                      np.random.default_rng(seed), floors))
-        starts_free = model.free_params(
-            {k: jnp.concatenate([s_[k] for s_ in starts]) for k in starts[0]})
+                                      np.random.default_rng(seed), floors, free=True))
+        starts_free = {k: np.concatenate([np.asarray(s_[k]) for s_ in starts]) for k in starts[0]}
     else:
         kwargs, floors = {}, {}
         keys = jax.random.split(key, n_starts)
@@ -227,11 +227,12 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     else:
         u0 = _lift(obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in starts_free.items()}), floors)
     # jittered copies: start 0 of every data-driven seed is kept as is
-    noise_keys = jax.random.split(jax.random.fold_in(key, 1), len(u0))
-    jit_mask = (jnp.arange(n_starts) % 2 == 1) if init is None else (jnp.arange(n_starts) > 0)
-    u0 = {k: v + jitter * jit_mask.reshape((-1,) + (1,) * (v.ndim - 1))
-          * jax.random.normal(noise_keys[i], v.shape, dtype)
-          for i, (k, v) in enumerate(u0.items())}
+    # (numpy draws: nothing to compile)
+    noise = np.random.default_rng([seed, 1])
+    jit_mask = (np.arange(n_starts) % 2 == 1) if init is None else (np.arange(n_starts) > 0)
+    u0 = {k: jnp.asarray(np.asarray(v) + jitter * jit_mask.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+                         * noise.standard_normal(np.shape(v)), dtype)
+          for k, v in u0.items()}
 
     objective = _optimize.Objective(model, bool(prior))
 
