@@ -105,7 +105,7 @@ def test_inf_translation_is_below_gauge_and_translation_invariant(rng):
             assert inf <= gauge + 1e-12
             shifted = {**fitted, "gate_intercept": fitted["gate_intercept"] + 1.7,
                        "gate_coef": fitted["gate_coef"] + np.array([0.4, -2.0])}
-            # the minimiser (Adam with decaying steps on a non-smooth loss) is precise to about 1e-6
+            # the minimiser (a compass search on a non-smooth loss) is precise to about 1e-6
             shifted_inf = float(voronoi_loss(model, shifted, TRUE, translation="inf"))
             assert shifted_inf == pytest.approx(inf, rel=1e-5)
             assert float(voronoi_loss(model, shifted, TRUE)) == pytest.approx(gauge, rel=1e-9)
