@@ -66,9 +66,14 @@ class _Polynomial:
     """Polynomial regressors of degree 1..``degree`` (the ``degree`` field of the dataclass)."""
 
     degree: int
+    _name: ClassVar[str] = "polynomial"
 
-    def _check_degree(self):
+    def __post_init__(self):
         check_positive_int(self.degree, "degree")
+
+    @property
+    def label(self) -> str:
+        return f"{self._name} experts" + (f" (degree {self.degree})" if self.degree > 1 else "")
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         """The experts' regressors poly(x), shape (n, p)."""
@@ -140,16 +145,10 @@ class Gaussian(_Polynomial, Expert):
 
     degree: int = 1
     y_affine: ClassVar[bool] = True
-
-    def __post_init__(self):
-        self._check_degree()
+    _name: ClassVar[str] = "Gaussian"
 
     def __repr__(self) -> str:
         return f"Gaussian(degree={self.degree})"
-
-    @property
-    def label(self) -> str:
-        return "Gaussian experts" + (f" (degree {self.degree})" if self.degree > 1 else "")
 
     def param_table(self):
         return _real_location_table()
@@ -204,7 +203,7 @@ class StudentT(_Polynomial, Expert):
     y_affine: ClassVar[bool] = True
 
     def __post_init__(self):
-        self._check_degree()
+        super().__post_init__()
         if self.df is not None:
             if isinstance(self.df, bool) or not isinstance(self.df, (int, float)) or not (
                     0 < float(self.df) < float("inf")):
@@ -289,16 +288,10 @@ class Poisson(_Polynomial, Expert):
 
     degree: int = 1
     support = constraints.nonnegative_integer
-
-    def __post_init__(self):
-        self._check_degree()
+    _name: ClassVar[str] = "Poisson"
 
     def __repr__(self) -> str:
         return f"Poisson(degree={self.degree})"
-
-    @property
-    def label(self) -> str:
-        return "Poisson experts" + (f" (degree {self.degree})" if self.degree > 1 else "")
 
     def param_table(self):
         return _location_table(
@@ -362,7 +355,7 @@ class Categorical(_Polynomial, Expert):
 
     def __post_init__(self):
         check_positive_int(self.n_classes, "n_classes", minimum=2)
-        self._check_degree()
+        super().__post_init__()
 
     def __repr__(self) -> str:
         return f"Categorical(n_classes={self.n_classes}, degree={self.degree})"
