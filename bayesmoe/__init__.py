@@ -19,6 +19,7 @@ _LAZY = {
     "Expert": "bayesmoe.family",
     "Param": "bayesmoe.family",
     "FitResult": "bayesmoe.inference",
+    "FitData": "bayesmoe.inference",
     "fit_map": "bayesmoe.inference",
     "fit_mle": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
@@ -59,7 +60,7 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
+__all__ = ["Expert", "FitData", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
            "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
            "fit_mle", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
            "set_compilation_cache", "set_host_device_count"]

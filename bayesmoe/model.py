@@ -13,6 +13,7 @@ so compiled fits are reused across equal models.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -23,6 +24,7 @@ from jax.scipy.special import logsumexp
 
 from bayesmoe import _cache, _math
 from bayesmoe import priors as _priors
+from bayesmoe._quantile import mixture_quantile
 from bayesmoe._random import as_key
 from bayesmoe._validation import align_xy, as_x, as_y, check_positive_int, is_traced
 from bayesmoe.distributions import MixtureOfExperts
@@ -42,7 +44,8 @@ class Prediction(NamedTuple):
     gate_probs (n, K); expert_mean (n, K) for experts that predict a mean (None otherwise);
     expert_probs (n, K, C) for class-probability experts (None otherwise); mean (n,) the mixture
     mean (None without expert means); class_probs (n, C) the mixture's class probabilities (None
-    without expert class probabilities).
+    without expert class probabilities); lower, upper (n,) the prediction interval from the
+    mixture's quantiles (None unless asked for, and for class-probability experts).
     """
 
     gate_probs: jnp.ndarray
@@ -50,6 +53,8 @@ class Prediction(NamedTuple):
     expert_probs: jnp.ndarray | None
     mean: jnp.ndarray | None
     class_probs: jnp.ndarray | None
+    lower: jnp.ndarray | None = None
+    upper: jnp.ndarray | None = None
 
 
 class Simulation(NamedTuple):
@@ -319,17 +324,32 @@ class MoE:
         x, y = self._prepare(x, y)
         return jax.nn.softmax(self.log_joint_terms(params, x, y), axis=-1)
 
-    def predict(self, params: Params, x) -> Prediction:
-        """Gate probabilities, expert means or class probabilities, and the mixture's prediction."""
+    def predict(self, params: Params, x, interval: float | None = None) -> Prediction:
+        r"""Gate probabilities, expert means or class probabilities, and the mixture's prediction.
+
+        :param params: parameters keyed by site name.
+        :param x: inputs (n, d).
+        :param interval: None, or a level in (0, 1): then ``lower`` and ``upper`` hold the central
+            prediction interval of :math:`p(y | x_i)`, the mixture's :math:`(1 \mp level)/2`
+            quantiles (bisection on the mixture CDF :math:`\sum_k g_k(x_i) F_k(t | x_i)`), for
+            experts whose distributions have a CDF (not class-probability experts).
+        """
+        if interval is not None and not (isinstance(interval, (int, float)) and not isinstance(interval, bool)
+                                         and 0 < float(interval) < 1):
+            raise ValueError(f"`interval` must be None or a level in (0, 1), got {interval!r}")
         x, _ = self._prepare(x)
         if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
             params = self.check_params(params, x.shape[1])
-        g = jnp.exp(self.gate.log_weights(params, x))
+        lw = self.gate.log_weights(params, x)
+        g = jnp.exp(lw)
         em = self.expert.mean(params, x)
         ep = self.expert.probs(params, x)
         mean = None if em is None else jnp.sum(g * em, axis=-1)
         cp = None if ep is None else jnp.einsum("nk,nkc->nc", g, ep)
-        return Prediction(g, em, ep, mean, cp)
+        lower = upper = None
+        if interval is not None and ep is None:
+            lower, upper = _interval(self, params, x, (1.0 - float(interval)) / 2)
+        return Prediction(g, em, ep, mean, cp, lower, upper)
 
     def simulate(self, seed, params: Params, x) -> Simulation:
         """Draw y_i ~ p(y | x_i) and report the expert z_i each came from.
@@ -383,6 +403,16 @@ class MoE:
         gate = _rebuild(spec["gate"], "gate")
         expert = _rebuild(spec["expert"], "expert")
         return cls(gate, expert, spec["n_experts"], priors=priors, joint=bool(spec.get("joint", False)))
+
+
+@partial(jax.jit, static_argnums=(0, 3))
+def _interval(model: MoE, params: Params, x, a: float):
+    """The mixture's a and 1 - a quantiles at every x (compiled once per model and level)."""
+    lw = model.gate.log_weights(params, x)
+    comp = model.expert.component(params, x)
+    disc = model.expert.is_discrete
+    q = jax.vmap(lambda p: mixture_quantile(lw, comp, p, disc))(jnp.asarray([a, 1.0 - a], lw.dtype))
+    return q[0], q[1]
 
 
 def _rebuild(spec, role: str) -> Family:

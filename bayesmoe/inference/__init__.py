@@ -4,9 +4,9 @@ from bayesmoe._cache import configure_default as _configure_compilation_cache
 from bayesmoe.inference.diagnostics import SamplerWarning
 from bayesmoe.inference.map import fit_map, fit_mle
 from bayesmoe.inference.mcmc import sample, set_host_device_count
-from bayesmoe.inference.result import FitResult, FitWarning
+from bayesmoe.inference.result import FitData, FitResult, FitWarning
 
 _configure_compilation_cache()  # persistent JAX compilation cache on by default (bayesmoe._cache)
 
-__all__ = ["FitResult", "FitWarning", "SamplerWarning", "fit_map", "fit_mle", "sample",
+__all__ = ["FitData", "FitResult", "FitWarning", "SamplerWarning", "fit_map", "fit_mle", "sample",
            "set_host_device_count"]

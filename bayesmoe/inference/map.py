@@ -29,11 +29,12 @@ from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model
 
 from bayesmoe._random import as_key, seed_int
-from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real
+from bayesmoe._validation import (as_x, as_y_real, check_bool, check_positive_int, check_real,
+                                  column_names)
 from bayesmoe.inference import _checks, _optimize, _standardize
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference.init import data_starts
-from bayesmoe.inference.result import FitResult, FitWarning
+from bayesmoe.inference.result import FitData, FitResult, FitWarning
 from bayesmoe.model import MoE
 
 __all__ = ["METHODS", "fit_map", "fit_mle"]
@@ -175,6 +176,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     else:
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
     n = xa.shape[0]
+    fit_data = FitData(np.asarray(xa), np.asarray(ya), _feature_names(x))
     if isinstance(model, MoE):
         _check_size(model, n, xa.shape[1], bool(prior))
     if init is not None and isinstance(model, MoE):
@@ -318,7 +320,12 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                      log_posterior=lpost, n_params=int(k), n_obs=n, aic=float(aic), bic=float(bic),
                      icl=float(icl), converged=converged, n_steps=n_steps,
                      start_log_likelihoods=np.asarray(start_ll), method=method, prior=prior,
-                     extra=extra, warnings=tuple(problems))
+                     extra=extra, warnings=tuple(problems), model=model, data=fit_data)
+
+
+def _feature_names(x: Any) -> tuple[str, ...] | None:
+    names = column_names(x)
+    return tuple(names) if names else None
 
 
 def fit_mle(model: MoE | Callable, x: Any, y: Any, **kwargs) -> FitResult:

@@ -45,10 +45,30 @@ CHAIN_METHODS = ("parallel", "vectorized", "sequential")
 
 
 def set_host_device_count(n: int) -> None:
-    """Expose ``n`` CPU devices to JAX so chains run in parallel; call before JAX starts."""
-    import numpyro  # noqa: PLC0415
+    """Expose ``n`` CPU devices to JAX so that chains run in parallel (``chain_method="parallel"``).
 
-    numpyro.set_host_device_count(check_positive_int(n, "n"))
+    It only takes effect before JAX starts its backends (the first array created or computation
+    run in the process): call it right after ``import bayesmoe``. Called later, when the process
+    already has a different number of devices, it raises ``RuntimeError`` (instead of silently
+    doing nothing); set the environment variable
+    ``XLA_FLAGS=--xla_force_host_platform_device_count=N`` before starting Python instead.
+
+    :param n: number of host (CPU) devices, >= 1.
+    """
+    import numpyro  # noqa: PLC0415
+    from jax._src import xla_bridge  # noqa: PLC0415
+
+    n = check_positive_int(n, "n")
+    if xla_bridge.backends_are_initialized():
+        have = jax.local_device_count()
+        if have != n:
+            raise RuntimeError(
+                f"set_host_device_count({n}) was called after JAX started (it has {have} device(s) "
+                "now): the device count is fixed when JAX creates its first array. Call it right "
+                "after `import bayesmoe`, before any computation, or start Python with "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={n}")
+        return
+    numpyro.set_host_device_count(n)
 
 
 def _default_chain_method(num_chains: int) -> str:

@@ -2,17 +2,28 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from typing import Any, NamedTuple
 
 import numpy as np
 
-__all__ = ["FitResult", "FitWarning"]
+__all__ = ["FitData", "FitResult", "FitWarning"]
 
 
 class FitWarning(UserWarning):
     """A point fit that may not be what it seems: a degenerate component (an effective size below its
     number of parameters, or a scale at its floor), a gate separating the data (no finite MLE),
     coinciding experts, or a non-finite or float32-limited answer. Filter with ``warnings``."""
+
+
+class FitData(NamedTuple):
+    """The data a fit was computed from (in the data's units): ``x`` (n, d), ``y`` (n,) and the
+    labels of the feature dim (``None``: ``x0, x1, ...``)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    feature_names: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -40,6 +51,8 @@ class FitResult:
     prior: bool
     extra: dict = field(default_factory=dict, repr=False)
     warnings: tuple[str, ...] = ()
+    model: Any = field(default=None, repr=False, compare=False)
+    data: FitData | None = field(default=None, repr=False, compare=False)
 
     def __repr__(self) -> str:
         kind = "MAP" if self.prior else "MLE"
@@ -47,3 +60,108 @@ class FitResult:
                 f"bic={self.bic:.3f}, n_params={self.n_params}, converged={self.converged}, "
                 f"n_steps={self.n_steps}, starts={len(self.start_log_likelihoods)}"
                 + (f", warnings={len(self.warnings)}" if self.warnings else "") + ")")
+
+    # ------------------------------------------------------------------ inference at the estimate
+    def _need(self, what: str) -> None:
+        if self.model is None or self.data is None:
+            raise ValueError(f"`{what}` needs the fitted model and data: this FitResult was built "
+                             "without them (fit it with bm.fit_mle / bm.fit_map)")
+
+    @functools.cached_property
+    def _inference(self):
+        from bayesmoe.inference.summary import observed_inference  # noqa: PLC0415
+
+        self._need("summary")
+        return observed_inference(self.model, self.params, self.data.x, self.data.y, prior=self.prior,
+                                  feature_names=self.data.feature_names)
+
+    def summary(self, level: float = 0.95, *, as_xarray: bool = False):
+        r"""Wald table of every free parameter (like ``summary(refit(fit))`` of R's flexmix).
+
+        Standard errors come from the observed information: the exact Hessian (automatic
+        differentiation, float64) of the maximised objective (log-likelihood for ``fit_mle``, log
+        posterior for ``fit_map``) in the unconstrained free parametrisation, mapped to the reported
+        scale by the delta method. Columns: ``estimate``, ``std_err``, ``z`` (estimate / std_err),
+        ``p_value`` (two-sided, normal), ``ci_lower``, ``ci_upper`` (estimate -/+
+        :math:`z_{(1+level)/2}` std_err). Reference rows (fixed at zero) are not parameters and are
+        not listed. A singular or indefinite Hessian gives a :class:`FitWarning` naming the
+        parameters left without a standard error (NaN).
+
+        :param level: coverage of the intervals, in (0, 1).
+        :param as_xarray: return an xarray Dataset (one variable per site, a ``statistic`` dim)
+            instead of a pandas DataFrame.
+        """
+        from bayesmoe.inference.summary import summary_table, summary_xarray  # noqa: PLC0415
+
+        inf = self._inference
+        return summary_xarray(inf, level) if as_xarray else summary_table(inf, level)
+
+    @property
+    def vcov(self):
+        """Covariance matrix of the free parameters (a pandas DataFrame labelled like the rows of
+        :meth:`summary`): the inverse observed information, on the reported scale."""
+        import pandas as pd  # noqa: PLC0415
+
+        inf = self._inference
+        return pd.DataFrame(inf.vcov, index=inf.labels, columns=inf.labels)
+
+    def memberships(self, x: Any = None, y: Any = None) -> np.ndarray:
+        r"""Posterior expert probabilities :math:`P(z_i = k | x_i, y_i)` at the estimate, (n, K)
+        (flexmix's ``posterior``).
+
+        :param x: inputs (n, d); default: the fit's data.
+        :param y: responses (n,); default: the fit's data (give both or neither).
+        """
+        self._need("memberships")
+        if (x is None) != (y is None):
+            raise ValueError("`x` and `y` must be given together (or neither, for the fit's data)")
+        if x is None:
+            x, y = self.data.x, self.data.y
+        return np.asarray(self.model.responsibilities(self.params, x, y))
+
+    def predict(self, x: Any, level: float | None = 0.95):
+        """Predictions at new inputs: gate probabilities, expert means or class probabilities, the
+        mixture mean, and a prediction interval of the given ``level`` from the mixture's quantiles
+        (see :meth:`bayesmoe.MoE.predict`).
+
+        :param x: inputs (n, d).
+        :param level: coverage of the prediction interval in (0, 1), or None for none.
+        """
+        self._need("predict")
+        return self.model.predict(self.params, x, interval=level)
+
+    def pointwise_log_likelihood(self, x: Any = None, y: Any = None) -> np.ndarray:
+        r""":math:`\log p(y_i | x_i, \hat\theta)`, (n,).
+
+        :param x: inputs (n, d); default: the fit's data.
+        :param y: responses (n,); default: the fit's data (give both or neither).
+        """
+        self._need("pointwise_log_likelihood")
+        if (x is None) != (y is None):
+            raise ValueError("`x` and `y` must be given together (or neither, for the fit's data)")
+        if x is None:
+            x, y = self.data.x, self.data.y
+        return np.asarray(self.model.log_likelihood(self.params, x, y))
+
+    # ------------------------------------------------------------------ files
+    def save(self, path) -> None:
+        """Write the fit (model spec, estimates, criteria, data) to a netCDF file (h5netcdf); read it
+        back with :meth:`FitResult.load`.
+
+        :param path: file path (``.nc``).
+        """
+        from bayesmoe.inference.io import save_fit  # noqa: PLC0415
+
+        save_fit(self, path)
+
+    @classmethod
+    def load(cls, path, model: Any = None) -> FitResult:
+        """Read a fit written by :meth:`save`; the model is rebuilt from its stored spec.
+
+        :param path: file path.
+        :param model: the model to attach instead of rebuilding it from the spec (for a user's own
+            family that cannot be imported by name, or for user priors).
+        """
+        from bayesmoe.inference.io import load_fit  # noqa: PLC0415
+
+        return load_fit(path, model=model)
