@@ -20,6 +20,9 @@ _LAZY = {
     "Param": "bayesmoe.family",
     "FitResult": "bayesmoe.inference",
     "FitData": "bayesmoe.inference",
+    "predict": "bayesmoe.predictive",
+    "posterior_predictive": "bayesmoe.predictive",
+    "to_datatree": "bayesmoe.inference",
     "fit_map": "bayesmoe.inference",
     "fit_mle": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
@@ -60,7 +63,9 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["Expert", "FitData", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
+__all__ = ["Expert", "FitData", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param",
+           "Prediction",
            "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
+           "fit_mle", "gates", "metrics", "nn", "plots", "posterior_predictive", "predict", "priors",
+           "relabel", "sample", "to_datatree",
            "set_compilation_cache", "set_host_device_count"]

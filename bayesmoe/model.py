@@ -247,17 +247,55 @@ class MoE:
         out.update(self.expert.to_full(free, self.n_experts, d))
         return out
 
-    def complete_params(self, params: Params) -> Params:
-        """The table's sites plus the derived deterministic sites (e.g. ``gate_cov``)."""
+    def complete_params(self, params: Params, d: int | None = None) -> Params:
+        """The table's sites plus the derived deterministic sites (e.g. ``gate_cov``).
+
+        Sites given only by their free part (``gate_coef_free``, as stored in a posterior: the
+        reference entries are constant and left out) get their reference entries (zeros) back; with
+        ``d`` (the number of inputs), sites without free parameters (constants, e.g. the gate of
+        K = 1) are added too. Leading batch axes (draws) are kept.
+
+        :param params: parameters keyed by site name (full or free sites).
+        :param d: the number of inputs, or None.
+        """
         out = dict(params)
         for fam in self.families:
+            sizes = fam.sizes(self.n_experts, d) if d is not None else None
+            for p in fam.param_table():
+                if p.name in out:
+                    continue
+                if p.reference and p.site in out:
+                    v = jnp.asarray(out[p.site])
+                    ax = v.ndim + p.ref_axis()
+                    zshape = list(v.shape)
+                    zshape[ax] = 1
+                    out[p.name] = jnp.concatenate([v, jnp.zeros(zshape, v.dtype)], axis=ax)
+                elif sizes is not None and p.n_free(sizes) == 0:
+                    c = p.constant(sizes, jnp.result_type(float))
+                    out[p.name] = jnp.broadcast_to(c, self._batch_shape(out) + c.shape)
             out = {**out, **fam.canonical(out)}
             out.update(fam.derived(out))
         return out
 
+    def _batch_shape(self, params: Params) -> tuple[int, ...]:
+        """Leading (draw) axes of params, read from any table site or free site present."""
+        for fam in self.families:
+            for p in fam.param_table():
+                for key in (p.name, p.site):
+                    if key in params:
+                        nd = np.ndim(params[key]) - len(p.shape)
+                        return tuple(np.shape(params[key]))[:nd]
+        return ()
+
     def regauge(self, params: Params) -> Params:
         """The same parameters in the reference gauge of both families."""
         return self.expert.regauge(self.gate.regauge(params))
+
+    def reference_sites(self) -> dict[str, tuple[str, str]]:
+        """``{site: (free site, dim)}`` for the sites with a reference entry along ``dim``: the
+        posterior stores the free site, without that entry (dim ``<dim>_free``)."""
+        return {p.name: (p.site, p.reference) for fam in self.families for p in fam.param_table()
+                if p.reference}
 
     def reference_dims(self) -> dict[str, str]:
         """``{site: dim}`` for the sites whose last entry along ``dim`` is fixed at zero (the gauge
@@ -270,16 +308,39 @@ class MoE:
         dims.update(self.expert.param_dims(d, free))
         return dims
 
+    def posterior_dims(self, d: int) -> dict[str, tuple[str, ...]]:
+        """The sites a posterior stores, with their dims: the free part ``<name>_free`` of a site with
+        reference entries (those are constant zeros; dim ``<dim>_free``), every other site with free
+        parameters, and the derived sites. Constants are left out (a constant has no R-hat);
+        :meth:`complete_params` restores the full sites.
+
+        :param d: the number of inputs.
+        """
+        out = {}
+        for fam in self.families:
+            sizes = fam.sizes(self.n_experts, d)
+            dims = fam.param_dims(d, free=True)
+            for p in fam.param_table():
+                if p.n_free(sizes) > 0:
+                    out[p.site] = dims[p.site]
+            out.update(fam.derived_dims())
+        return out
+
     def site_names(self, d: int) -> set[str]:
         """Names of the full (user-facing) sites: the tables' sites and the derived ones."""
         return set(self.param_dims(d))
 
     def coords(self, feature_names: list[str]) -> dict[str, list]:
-        """ArviZ coords of every dim of the model's sites."""
+        """ArviZ coords of every dim of the model's sites (and ``<dim>_free``: all but the last
+        entry, for the free parts of sites with a reference entry)."""
         out = {"expert": list(range(self.n_experts)), "feature": list(feature_names)}
         for fam in self.families:
             for k, v in fam.coords(list(feature_names)).items():
                 out.setdefault(k, v)
+        for fam in self.families:
+            for dim in set(fam.reference_dims().values()):
+                if dim in out:
+                    out[f"{dim}_free"] = list(out[dim])[:-1]
         return out
 
     def floors(self, x: np.ndarray, y: np.ndarray | None, scale_floor: float) -> dict[str, jnp.ndarray]:
@@ -403,6 +464,19 @@ class MoE:
         gate = _rebuild(spec["gate"], "gate")
         expert = _rebuild(spec["expert"], "expert")
         return cls(gate, expert, spec["n_experts"], priors=priors, joint=bool(spec.get("joint", False)))
+
+    @classmethod
+    def from_datatree(cls, dt, priors: dict | None = None) -> MoE:
+        """Rebuild the model a posterior ``DataTree`` was sampled from (its root attribute
+        ``bayesmoe_model``, written by :func:`bayesmoe.sample`), e.g. after
+        ``xarray.open_datatree(path)``.
+
+        :param dt: the ``DataTree``.
+        :param priors: the model's user priors, if it had any (they are not stored).
+        """
+        from bayesmoe.inference.io import model_from_datatree  # noqa: PLC0415
+
+        return model_from_datatree(dt, priors=priors)
 
 
 @partial(jax.jit, static_argnums=(0, 3))

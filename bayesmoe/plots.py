@@ -93,6 +93,7 @@ def _predict_batch(model: MoE, draws: dict, grid) -> Prediction:
 
 def _predict_draws(model: MoE, draws: dict, grid: np.ndarray) -> Prediction:
     """``model.predict`` at every draw (vmap, in chunks of draws): fields with a leading draw axis."""
+    draws = model.complete_params(draws, grid.shape[1])  # posteriors store free sites only
     draws = model.check_params(draws, grid.shape[1], batch_ndim=1, name="idata.posterior")
     one = model.predict({k: v[0] for k, v in draws.items()}, grid[:1])
     width = grid.shape[0] * sum(int(np.size(f)) for f in one if f is not None)

@@ -149,7 +149,7 @@ def test_stored_diagnostics_equal_hand_computations(bad_run):
     post = dt.posterior.to_dataset()
     rhat = az.rhat(post)
     assert found["rhat"]["expert_coef"] == pytest.approx(float(rhat["expert_coef"].max()))
-    assert found["rhat"]["gate_coef"] == pytest.approx(float(rhat["gate_coef"].isel(expert=0).max()))
+    assert found["rhat"]["gate_coef_free"] == pytest.approx(float(rhat["gate_coef_free"].max()))
     assert dt.attrs["bayesmoe_max_rhat"] == pytest.approx(max(found["rhat"].values()))
     assert found["warnings"] == msgs and dt.attrs["bayesmoe_n_warnings"] == len(msgs)
 

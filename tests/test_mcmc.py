@@ -14,6 +14,7 @@ import pytest
 
 import bayesmoe as bm
 from bayesmoe.inference.diagnostics import SamplerWarning
+from bayesmoe.inference.relabel import complete_dataset
 
 REF = Path(__file__).resolve().parents[2] / "shared" / "reference" / "sgmoe_k2_n1000.csv"
 
@@ -35,14 +36,8 @@ def ref_run(ref_frame):
 
 
 def _free_vars(dt):
-    """Posterior variables without the fixed reference row of the softmax gate."""
-    post = dt.posterior.to_dataset()
-    out = {}
-    for name, da in post.data_vars.items():
-        if name.startswith("gate_") and "expert" in da.dims:
-            da = da.isel(expert=slice(0, -1))
-        out[name] = da
-    return out
+    """Posterior variables: the free parameters only (the gate's reference row is not stored)."""
+    return dict(dt.posterior.to_dataset().data_vars.items())
 
 
 def test_nuts_defaults_on_reference_data(ref_frame, ref_run):
@@ -51,8 +46,9 @@ def test_nuts_defaults_on_reference_data(ref_frame, ref_run):
         dt.children)
     post = dt.posterior
     assert post.sizes["chain"] == 4 and post.sizes["draw"] == 1000
-    assert post["gate_coef"].dims == ("chain", "draw", "expert", "feature")
-    assert list(post["gate_coef"].coords["feature"].values) == ["x"]
+    assert post["gate_coef_free"].dims == ("chain", "draw", "expert_free", "feature")
+    assert list(post["gate_coef_free"].coords["feature"].values) == ["x"]
+    assert "gate_coef" not in post  # the constant reference row stays out of the posterior
     assert int(dt.sample_stats["diverging"].sum()) == 0
     # a healthy default run: no sampler warning, and the stored diagnostics agree with arviz
     assert msgs == []
@@ -72,7 +68,8 @@ def test_nuts_defaults_on_reference_data(ref_frame, ref_run):
         mle = bm.fit_mle(model, x, y, seed=0).params
     order = np.argsort(np.asarray(post["expert_coef"].mean(("chain", "draw")))[:, 0])
     mle_order = np.argsort(mle["expert_coef"][:, 0])
-    for name, da in post.to_dataset().data_vars.items():
+    full = complete_dataset(post.to_dataset(), model)  # with the gate's reference rows
+    for name, da in full.data_vars.items():
         m = np.asarray(da.mean(("chain", "draw")))[order]
         s = np.asarray(da.std(("chain", "draw")))[order]
         ref = np.asarray(mle[name])[mle_order]
@@ -98,6 +95,7 @@ def test_pointwise_log_likelihood_matches_model(ref_frame, ref_run):
     model, dt, _ = ref_run
     x, y = ref_frame[["x"]].to_numpy(), ref_frame["y"].to_numpy()
     draw = {k: np.asarray(v.isel(chain=1, draw=17)) for k, v in dt.posterior.to_dataset().data_vars.items()}
+    draw = model.complete_params(draw, x.shape[1])
     np.testing.assert_allclose(dt.log_likelihood["y"].isel(chain=1, draw=17).to_numpy(),
                                model.log_likelihood(draw, x, y), rtol=1e-5, atol=1e-5)
 
@@ -122,9 +120,11 @@ def test_user_model_and_classifier_dims():
     y = rng.integers(0, 3, 150)
     model = bm.MoE(bm.gates.Softmax(), bm.experts.Categorical(3), n_experts=2)
     dt = _tiny(model, pd.DataFrame(x, columns=["a", "b"]), y, seed=0, relabel=False)
-    assert dt.posterior["expert_coef"].dims == ("chain", "draw", "expert", "class", "feature")
-    assert list(dt.posterior["expert_coef"].coords["feature"].values) == ["a", "b"]
-    np.testing.assert_array_equal(dt.posterior["expert_coef"].isel({"class": -1}).to_numpy(), 0.0)
+    # the reference class (constant zeros) is not stored: expert_coef_free has a class_free dim
+    assert dt.posterior["expert_coef_free"].dims == ("chain", "draw", "expert", "class_free", "feature")
+    assert list(dt.posterior["expert_coef_free"].coords["feature"].values) == ["a", "b"]
+    assert list(dt.posterior["expert_coef_free"].coords["class_free"].values) == [0, 1]
+    assert "expert_coef" not in dt.posterior
 
     def reg(x, y=None):
         b = numpyro.sample("b", dist.Normal(0, 5).expand([2]).to_event(1))

@@ -55,8 +55,9 @@ def _fd_hessian(f, t0, rel=1e-4):
 def test_standard_errors_match_finite_difference_hessian(ref_fit):
     fit, x, y, table, _ = ref_fit
     p = fit.params
-    t0 = np.array([p["gate_intercept"][0] - p["gate_intercept"][1], p["gate_coef"][0, 0] - p["gate_coef"][1, 0],
-                   *p["expert_intercept"], *p["expert_coef"][:, 0], *p["expert_scale"]], float)
+    t0 = np.array([p["gate_intercept"][0] - p["gate_intercept"][1],
+                   p["gate_coef"][0, 0] - p["gate_coef"][1, 0], *p["expert_intercept"],
+                   *p["expert_coef"][:, 0], *p["expert_scale"]], float)
 
     def ll(t):
         return moe_log_lik("softmax", "gaussian", _theta_to_params(t), x, y).sum()
@@ -71,8 +72,10 @@ def test_standard_errors_match_finite_difference_hessian(ref_fit):
     # the Wald columns from the estimate and the standard error
     z = t0 / se_fd
     np.testing.assert_allclose(table["z"].to_numpy(), z, rtol=1e-3)
-    np.testing.assert_allclose(table["p_value"].to_numpy(), 2 * stats.norm.sf(np.abs(z)), rtol=1e-2, atol=1e-300)
-    np.testing.assert_allclose(table["ci_upper"] - table["ci_lower"], 2 * 1.959963985 * table["std_err"], rtol=1e-8)
+    np.testing.assert_allclose(table["p_value"].to_numpy(), 2 * stats.norm.sf(np.abs(z)), rtol=1e-2,
+                               atol=1e-300)
+    np.testing.assert_allclose(table["ci_upper"] - table["ci_lower"], 2 * 1.959963985 * table["std_err"],
+                               rtol=1e-8)
     # vcov: the same matrix, labelled like the table
     v = fit.vcov
     assert list(v.index) == rows
@@ -85,7 +88,8 @@ def test_summary_as_xarray(ref_fit):
     assert ds["gate_coef"].dims == ("expert_free", "feature", "statistic")
     assert list(ds["expert_coef"].coords["feature"].values) == ["x"]
     se = ds["expert_coef"].sel(statistic="std_err").values[:, 0]
-    np.testing.assert_allclose(se, table.loc[["expert_coef[0, x]", "expert_coef[1, x]"], "std_err"], rtol=1e-12)
+    want = table.loc[["expert_coef[0, x]", "expert_coef[1, x]"], "std_err"]
+    np.testing.assert_allclose(se, want, rtol=1e-12)
     est = ds["expert_scale"].sel(statistic="estimate").values
     lo = ds["expert_scale"].sel(statistic="ci_lower").values
     q = stats.norm.ppf(0.95)  # level 0.9
@@ -130,7 +134,8 @@ def test_poisson_prediction_interval_is_the_mixture_quantile():
     g = g / g.sum(1, keepdims=True)
     lam = np.exp(params["expert_intercept"] + x @ params["expert_coef"].T)
     ks = np.arange(200)
-    F = np.cumsum(np.sum(g[:, None, :] * stats.poisson.pmf(ks[None, :, None], lam[:, None, :]), axis=2), axis=1)
+    pmf = np.sum(g[:, None, :] * stats.poisson.pmf(ks[None, :, None], lam[:, None, :]), axis=2)
+    F = np.cumsum(pmf, axis=1)
     for q, got in ((0.05, pred.lower), (0.95, pred.upper)):
         want = np.argmax(F >= q, axis=1)
         np.testing.assert_array_equal(np.asarray(got), want)

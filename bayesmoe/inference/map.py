@@ -29,8 +29,7 @@ from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model
 
 from bayesmoe._random import as_key, seed_int
-from bayesmoe._validation import (as_x, as_y_real, check_bool, check_positive_int, check_real,
-                                  column_names)
+from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.inference import _checks, _optimize, _standardize
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference.init import data_starts

@@ -173,8 +173,9 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
 
     flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
     if is_moe:
-        names = model.site_names(xa.shape[1])
-        post = {k: np.asarray(v) for k, v in samples.items() if k in names}
+        # constant entries (reference rows, K = 1 gates) stay out: see MoE.posterior_dims
+        kept = model.posterior_dims(xa.shape[1])
+        post = {k: np.asarray(v) for k, v in samples.items() if k in kept}
         ll = _moe_pointwise_ll(model, flat, x_j, y_j, num_chains)
         log_lik = {"y": ll}
     else:
@@ -206,7 +207,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     dims = {"x": ["obs", "feature"], "y": ["obs"]}
     attrs = {"inference_library": "numpyro", "bayesmoe_chain_method": method}
     if is_moe:
-        pdims = model.param_dims(d)
+        pdims = model.posterior_dims(d)
         dims.update({k: list(v) for k, v in pdims.items() if k in post})
         names = features if features else [f"x{j}" for j in range(d)]
         for dim, labels in model.coords(names).items():

@@ -99,6 +99,11 @@ def relabel(idata, method: str = "ecr", *, model: MoE | None = None, max_iter: i
     if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, (int, np.integer))
                               or chunk < 1):
         raise ValueError(f"`chunk` must be a positive integer or None, got {chunk!r}")
+    if model is None and isinstance(idata, xr.DataTree) and "bayesmoe_model" not in idata.attrs and not (
+            "posterior" in idata.children and "bayesmoe_model" in idata["posterior"].attrs):
+        raise ValueError("`idata` does not record its model (no `bayesmoe_model` attribute: it was not made "
+                         "by bayesmoe.sample or bayesmoe.to_datatree(..., moe=...)): pass the model with "
+                         "`model=`")
     post = _group(idata, "posterior")
     if "expert" not in post.dims:
         raise ValueError("`idata.posterior` has no `expert` dim: nothing to relabel")
@@ -133,7 +138,12 @@ def relabel(idata, method: str = "ecr", *, model: MoE | None = None, max_iter: i
         if not all(d in ds.dims for d in SAMPLE_DIMS) or ds.sizes["chain"] != n_chain \
                 or ds.sizes["draw"] != n_draw:
             continue
+        reduced = node.path == "/posterior"
+        if reduced:  # the posterior stores free sites: permute the full ones, then reduce again
+            ds = complete_dataset(ds, model)
         new = _permute_dataset(ds, perms, model.reference_dims())
+        if reduced:
+            new = reduce_dataset(new, model, node.to_dataset(inherit=False))
         if node.path == "/sample_stats" and _PERM_VAR not in new:
             new = new.assign({_PERM_VAR: xr.DataArray(perms, dims=(*SAMPLE_DIMS, "expert"),
                                                       coords={"expert": post["expert"].values})})
@@ -199,13 +209,49 @@ def _pivot_draw(idata, S: int) -> int:
     return int(np.argmax(ll)) if ll.shape[0] == S else 0
 
 
-def _flat_params(post: xr.Dataset, names: set[str]) -> dict[str, np.ndarray]:
-    """The model's posterior sites as (S, ...) arrays (chains and draws flattened)."""
+def _flat_params(post: xr.Dataset, names: set[str], model: MoE | None = None,
+                 d: int | None = None) -> dict[str, np.ndarray]:
+    """The model's posterior sites as (S, ...) arrays (chains and draws flattened); with ``model``,
+    free sites are completed to full ones (:meth:`bayesmoe.MoE.complete_params`)."""
     out = {}
     for name, da in post.data_vars.items():
-        if str(name) in names:
+        if all(s_ in da.dims for s_ in SAMPLE_DIMS):
             v = da.transpose(*SAMPLE_DIMS, ...).values
             out[str(name)] = v.reshape((-1,) + v.shape[2:])
+    if model is not None:
+        out = {k: np.asarray(v) for k, v in model.complete_params(out, d).items()}
+    return {k: v for k, v in out.items() if k in names}
+
+
+def complete_dataset(ds: xr.Dataset, model: MoE) -> xr.Dataset:
+    """A posterior Dataset with the full sites: each free site ``<name>_free`` (dim ``<dim>_free``)
+    becomes ``<name>`` with its reference entry (zeros) appended along ``<dim>``."""
+    out = ds
+    for name, (site, dim) in model.reference_sites().items():
+        if site not in out.data_vars or name in out.data_vars:
+            continue
+        da = out[site]
+        free = f"{dim}_free"
+        da = da.drop_vars(free) if free in da.coords else da
+        zero = xr.zeros_like(da.isel({free: slice(0, 1)}))
+        full = xr.concat([da, zero], dim=free).rename({free: dim})
+        out = out.drop_vars(site).assign({name: full})
+    return out
+
+
+def reduce_dataset(ds: xr.Dataset, model: MoE, like: xr.Dataset) -> xr.Dataset:
+    """The inverse of :func:`complete_dataset` for the sites that ``like`` stores as free sites."""
+    out = ds
+    for name, (site, dim) in model.reference_sites().items():
+        if site not in like.data_vars or name not in out.data_vars:
+            continue
+        free = f"{dim}_free"
+        da = out[name].isel({dim: slice(0, -1)})
+        da = da.drop_vars(dim) if dim in da.coords else da
+        da = da.rename({dim: free}).transpose(*like[site].dims)
+        if free in like.coords:
+            da = da.assign_coords({free: like[free].values})
+        out = out.drop_vars(name).assign({site: da})
     return out
 
 
@@ -220,7 +266,7 @@ def _membership_batch(model: MoE, params: dict, x, y, argmax: bool):
 
 def _memberships(model: MoE, post: xr.Dataset, x, y, chunk: int | None, argmax: bool) -> np.ndarray:
     """Memberships p_ik^(s), (S, n, K) float32, or the MAP allocations argmax_k, (S, n) int."""
-    params = _flat_params(post, model.site_names(x.shape[1]))
+    params = _flat_params(post, model.site_names(x.shape[1]), model, x.shape[1])
     step = chunk if chunk is not None else chunk_size(x.shape[0] * model.n_experts)
     return map_draws(lambda p: _membership_batch(model, p, x, y, argmax), params, step)
 

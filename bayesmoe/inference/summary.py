@@ -10,8 +10,9 @@ scales as logs, simplexes by stick-breaking):
            \hat V_\theta = J \hat V_u J^\top, \quad J = \partial\theta / \partial u \big|_{\hat u}
 
 (the delta method back to the reported scale :math:`\theta`: the free sites as sampled, e.g. standard
-deviations rather than their logs). The Wald statistics are :math:`z = \hat\theta / \mathrm{se}`, the
-two-sided p value :math:`2\{1 - \Phi(|z|)\}` and the interval :math:`\hat\theta \pm z_{1-\alpha/2}\,\mathrm{se}`.
+deviations rather than their logs). The Wald statistics are :math:`z = \hat\theta / \mathrm{se}`,
+the two-sided p value :math:`2\{1 - \Phi(|z|)\}` and the interval
+:math:`\hat\theta \pm z_{1-\alpha/2}\,\mathrm{se}`.
 
 When :math:`-\nabla^2 \ell` is singular or not positive definite (a weakly identified or boundary fit:
 coinciding experts, a gate that separates the data, a scale at its floor), the directions with
@@ -22,6 +23,7 @@ standard error (NaN), and a :class:`~bayesmoe.FitWarning` names them.
 from __future__ import annotations
 
 import warnings
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -115,17 +117,7 @@ def observed_inference(model: Any, params: dict, x: np.ndarray, y: np.ndarray, *
         sites = obj.latent_sites(model, args, kwargs)
         free = model.free_params(params) if isinstance(model, MoE) else dict(params)
         theta0 = {k: jnp.asarray(free[k], jnp.float64) for k in sites}
-        tfs = obj.transforms(sites)
-        u0 = obj.unconstrain(tfs, theta0)
-        flat0, unravel = ravel_pytree(u0)
-
-        def objective(flat):
-            return obj.log_joint(model, obj.constrain(tfs, unravel(flat)), args, kwargs, bool(prior))
-
-        def reported(flat):
-            return ravel_pytree(obj.constrain(tfs, unravel(flat)))[0]
-
-        hess, jac, estimate = _derivatives(objective, reported, flat0)
+        hess, jac, estimate = _derivatives(model, bool(prior), theta0, args, kwargs)
         hess, jac, estimate = (np.asarray(a, np.float64) for a in (hess, jac, estimate))
 
     # ravel_pytree's order: sorted site names, C order within a site
@@ -153,10 +145,21 @@ def observed_inference(model: Any, params: dict, x: np.ndarray, y: np.ndarray, *
     return ParamInference(labels, row_sites, index, estimate, vcov, shapes, dims, coords, problem)
 
 
-def _derivatives(objective, reported, flat0):
-    """Hessian of the objective, Jacobian of the reported values and the values, in one compiled
-    program."""
-    return jax.jit(lambda f: (jax.hessian(objective)(f), jax.jacfwd(reported)(f), reported(f)))(flat0)
+@partial(jax.jit, static_argnums=(0, 1))
+def _derivatives(model, prior: bool, theta0: dict, args: tuple, kwargs: dict):
+    """Hessian of the objective in the unconstrained free parametrisation u, Jacobian of the reported
+    values (the sample sites) with respect to u, and those values; compiled once per model and
+    data shape."""
+    tfs = obj.transforms(obj.latent_sites(model, args, kwargs))
+    flat0, unravel = ravel_pytree(obj.unconstrain(tfs, theta0))
+
+    def objective(flat):
+        return obj.log_joint(model, obj.constrain(tfs, unravel(flat)), args, kwargs, prior)
+
+    def reported(flat):
+        return ravel_pytree(obj.constrain(tfs, unravel(flat)))[0]
+
+    return jax.hessian(objective)(flat0), jax.jacfwd(reported)(flat0), reported(flat0)
 
 
 def _site_order(model, theta0: dict) -> list[str]:
