@@ -9,7 +9,8 @@ experts, the mixture's class probabilities; and summaries over draws: the mean o
 draws and the highest-density interval (the shortest interval holding ``hdi_prob`` of the draws).
 
 The result is an ArviZ-style ``DataTree``: ``posterior_predictive`` (``y``, dims ``chain, draw, obs``),
-``predictions`` (per draw: ``gate_probs``, ``mean``, ``class_probs``), ``constant_data`` (``x``: the new inputs), ``observed_data``
+``predictions`` (per draw: ``gate_probs``, ``mean``, ``class_probs``), ``constant_data`` (``x``: the
+new inputs), ``observed_data``
 (``y``, when ``y_new`` is given: then ``arviz.plot_ppc_dist`` and friends compare held-out responses
 with their predictions) and ``predictions_summary`` (``y_mean``, ``y_hdi`` with a ``ci_bound`` dim
 ``lower``/``upper``, and ``mean_mean`` the posterior mean of the mixture mean).

@@ -170,3 +170,27 @@ def test_summary_needs_model_and_data():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert "FitResult" in repr(fit)
+
+
+def test_numpyro_model_function_matches_ols_closed_form():
+    """A plain NumPyro regression fitted by maximum likelihood: SEs equal the closed form
+    sqrt(diag(s^2 (X'X)^-1)) for the coefficients and s / sqrt(2n) for the residual sd."""
+    import numpyro  # noqa: PLC0415
+    import numpyro.distributions as dist  # noqa: PLC0415
+
+    def reg(x, y=None):
+        b = numpyro.sample("b", dist.Normal(0, 5).expand([2]).to_event(1))
+        s = numpyro.sample("s", dist.LogNormal(0, 1))
+        with numpyro.plate("obs", x.shape[0]):
+            numpyro.sample("y", dist.Normal(x @ b, s), obs=y)
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 2))
+    y = x @ np.array([1.0, -2.0]) + 0.5 * rng.normal(size=200)
+    fit = bm.fit_mle(reg, x, y, n_starts=2)
+    table = fit.summary()
+    beta = np.linalg.lstsq(x, y, rcond=None)[0]
+    s2 = np.mean((y - x @ beta) ** 2)
+    np.testing.assert_allclose(table["estimate"], [*beta, np.sqrt(s2)], rtol=2e-4)
+    want = [*np.sqrt(np.diag(s2 * np.linalg.inv(x.T @ x))), np.sqrt(s2 / (2 * len(y)))]
+    np.testing.assert_allclose(table["std_err"], want, rtol=1e-3)

@@ -6,7 +6,10 @@ random starts leaves chains in different modes (R-hat >> 1, for Stan and NumPyro
 unconstrained space). Chains run in parallel on host devices when JAX has at least ``num_chains`` of
 them (``bm.set_host_device_count(n)`` before JAX starts; fastest on CPU), else vectorized.
 
-Groups of the result: ``posterior`` (site names of DESIGN.md, dims ``expert``, ``feature``, ``class``),
+Groups of the result: ``posterior`` (the parameters that vary: a site with a reference entry fixed at
+zero, e.g. the softmax gate's last row, is stored as its free part ``gate_coef_free`` with dim
+``expert_free``, and constant sites are left out, so that ``arviz.summary`` has no NaN R-hat;
+``MoE.complete_params`` restores the full sites; dims ``expert``, ``feature``, ``class``),
 ``sample_stats`` (energy, tree depth, acceptance, divergences), ``log_likelihood`` (per observation,
 for ``arviz.loo``), ``observed_data``, ``constant_data`` (x) and ``posterior_predictive``.
 

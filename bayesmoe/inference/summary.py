@@ -104,7 +104,7 @@ def observed_inference(model: Any, params: dict, x: np.ndarray, y: np.ndarray, *
     x = np.asarray(x)
     d = x.shape[1]
     names = list(feature_names) if feature_names else [f"x{j}" for j in range(d)]
-    with jax.enable_x64(True):
+    with obj.MODEL_LOCK, jax.enable_x64(True):  # NumPyro's handler stack is global: one trace at a time
         x64 = jnp.asarray(x, jnp.float64)
         if isinstance(model, MoE):
             y64 = jnp.asarray(y, jnp.int32 if model.expert.is_discrete else jnp.float64)
