@@ -48,18 +48,13 @@ def true_model(d: int = 1):
 
 
 def main_parameters(dt, model) -> xr.Dataset:
-    """The free (non-reference) rows of the posterior: what the summary and the rank plot show.
+    """The posterior parameters: what the summary and the rank plot show.
 
-    The reference rows are constant zeros; the sliced dims are renamed (``expert_free``,
-    ``class_free``) so they do not clash with the full ``expert`` / ``class`` dims.
+    The reference rows (the last expert of the gate, the last class of the experts) are constant zeros,
+    so ``bm.sample`` stores only the free rows (``gate_coef_free`` with dim ``expert_free``,
+    ``expert_coef_free`` with dim ``class_free``); ``model.complete_params`` adds the zeros back.
     """
-    post = dt["posterior"].to_dataset()
-    K, C = model.n_experts, model.expert.n_classes
-    gate = {k: post[k].isel(expert=slice(0, K - 1)).rename(expert="expert_free")
-            for k in ("gate_intercept", "gate_coef")}
-    expert = {k: post[k].isel({"class": slice(0, C - 1)}).rename({"class": "class_free"})
-              for k in ("expert_intercept", "expert_coef")}
-    return xr.Dataset({**gate, **expert})
+    return dt["posterior"].to_dataset()
 
 
 def main(argv=None):
