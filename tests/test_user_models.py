@@ -79,7 +79,7 @@ def test_relabel_without_model_says_so_first(user_tree):
         bm.relabel(user_tree)
 
 
-def test_moe_run_by_users_own_mcmc(data):
+def test_moe_run_by_users_own_mcmc(data, user_tree):
     model, x, y = data
     free = model.free_params(TRUTH)
     mcmc = MCMC(NUTS(model, init_strategy=init_to_value(values=free)), num_warmup=100, num_samples=100,
@@ -94,6 +94,11 @@ def test_moe_run_by_users_own_mcmc(data):
     out = bm.relabel(dt)  # the model is recorded in the tree
     assert out.attrs["relabel_method"] == "ecr"
     assert bm.MoE.from_datatree(dt) == model
+    # both trees hold pointwise log-likelihoods of the same data: arviz compares them
+    cmp = az.compare({"hand_written": user_tree, "moe": dt})
+    assert set(cmp.index) == {"hand_written", "moe"}
+    # (arviz rounds the table's numbers for display)
+    np.testing.assert_allclose(float(cmp.loc["moe", "elpd"]), az.loo(dt).elpd, rtol=0.05)
 
 
 def test_to_datatree_argument_errors(data):

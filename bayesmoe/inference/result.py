@@ -30,8 +30,8 @@ class FitData(NamedTuple):
 class FitResult:
     """Point estimate of a MoE (or any NumPyro model) and its information criteria.
 
-    ``params`` are keyed by the site names of DESIGN.md (full rows, reference rows included) and
-    hold numpy arrays. Criteria are on the deviance scale (smaller is better):
+    ``params`` are keyed by site name (``gate_coef``, ``expert_scale``, ...; full rows, reference rows
+    included) and hold numpy arrays. Criteria are on the deviance scale (smaller is better):
     ``aic = -2 ll + 2 k``, ``bic = -2 ll + k log n``, ``icl = bic - 2 sum_i sum_k t_ik log t_ik`` with
     ``t_ik`` the posterior expert memberships at the estimate (Biernacki, Celeux & Govaert 2000).
     """
