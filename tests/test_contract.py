@@ -113,8 +113,9 @@ def test_user_expert_sample_relabel_predict_spec(laplace_case):
     post = dt["posterior"]
     assert post["expert_scale"].dims == ("chain", "draw", "expert")
     assert post["expert_coef"].dims == ("chain", "draw", "expert", "feature")
-    assert "gate_intercept_free" not in post.data_vars
-    assert np.allclose(post["gate_intercept"].values[..., -1], 0.0)    # the reference gauge, relabelled
+    # the posterior stores the gate's free rows only (the reference row is a constant zero)
+    assert "gate_intercept" not in post.data_vars
+    assert post["gate_intercept_free"].dims == ("chain", "draw", "expert_free")
     relabelled = bm.relabel(dt, method="stephens", model=model)
     assert relabelled.attrs["relabel_method"] == "stephens"
     mean = post["expert_intercept"].mean(("chain", "draw")).values
@@ -160,12 +161,13 @@ def test_user_gate_sample_and_relabel():
     y = np.asarray(model.simulate(5, truth, x).y)
     dt = bm.sample(model, x, y, num_chains=2, num_warmup=150, num_samples=100, seed=1, progress_bar=False,
                    n_starts=2)
-    g = dt["posterior"]["gate_logit"]
-    assert g.dims == ("chain", "draw", "expert")
+    g = dt["posterior"]["gate_logit_free"]                     # the reference entry is not stored
+    assert g.dims == ("chain", "draw", "expert_free") and "gate_logit" not in dt["posterior"]
     pred = model.predict(truth, x[:3])                           # constant gate: softmax(b) on every row
     np.testing.assert_allclose(pred.gate_probs, np.tile(np.exp(truth["gate_logit"]) / np.exp(
         truth["gate_logit"]).sum(), (3, 1)), rtol=1e-5)
-    np.testing.assert_allclose(g.values[..., -1], 0.0)          # gauge kept by relabel
+    full = model.complete_params({"gate_logit_free": g.values}, 1)["gate_logit"]
+    np.testing.assert_allclose(np.asarray(full)[..., -1], 0.0)   # gauge kept by relabel
     # any permutation of the draws is undone back to one labelling
     means = dt["posterior"]["expert_intercept"].mean(("chain", "draw")).values
     assert np.all(np.abs(np.sort(means) - np.array([-3.0, 3.0])) < 0.3)
