@@ -27,7 +27,8 @@ _LAZY = {
     "SamplerWarning": "bayesmoe.inference.diagnostics",
     "FitWarning": "bayesmoe.inference.result",
 }
-_SUBMODULES = ("datasets", "experts", "family", "gates", "metrics", "priors", "plots", "inference", "nn")
+_SUBMODULES = ("datasets", "experts", "family", "formula", "gates", "metrics", "priors", "plots", "inference",
+               "nn")
 
 
 def __getattr__(name: str):
@@ -61,5 +62,5 @@ def relabel(idata, method: str = "ecr", **kwargs):
 
 __all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
            "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
+           "fit_mle", "formula", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
            "set_compilation_cache", "set_host_device_count"]
