@@ -3,16 +3,18 @@
 The labels live in the expert (``bm.experts.Categorical(labels=...)``, learnt from the training
 responses by the fits and by ``MoE.from_formula``), so that the model maps new responses the same way
 and reports the labels as the ``class`` coords. They are stored in model specs, so they must be
-strings, integers, floats or booleans.
+strings, integers, floats or booleans. JAX arrays and int32 arrays are read as codes 0..C-1 (the form
+the fits pass around), and so are numbers when the labels are strings.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import jax
 import numpy as np
 
-__all__ = ["encode", "learn", "normalize"]
+__all__ = ["encode", "is_codes", "learn", "normalize"]
 
 
 def normalize(labels: Any, name: str = "labels") -> tuple:
@@ -80,11 +82,27 @@ def learn(y: Any, n_classes: int, name: str = "y") -> tuple | None:
     return normalize(seen, name)
 
 
-def encode(y: Any, labels: tuple, name: str = "y") -> np.ndarray:
+def is_codes(y: Any, labels: tuple) -> bool:
+    """Whether ``y`` holds codes 0..C-1 rather than labels: JAX arrays and int32 arrays (the form the
+    fits pass around internally), and numbers when the labels are not numbers (e.g. strings)."""
+    if isinstance(y, jax.Array):
+        return True
+    arr = np.asarray(y) if isinstance(y, np.ndarray) else None
+    if arr is not None and arr.dtype == np.int32:
+        return True
+    numeric_labels = any(isinstance(v, (int, float)) and not isinstance(v, bool) for v in labels)
+    if numeric_labels or _categories(y) is not None:
+        return False
+    return _values(y).dtype.kind in "iuf"
+
+
+def encode(y: Any, labels: tuple, name: str = "y") -> Any:
     """Codes 0..C-1 of the labels ``y`` (the position of each in ``labels``); an unknown label is a
-    ``ValueError`` naming ``name``."""
+    ``ValueError`` naming ``name``. Codes (see :func:`is_codes`) are returned as they are."""
     import pandas as pd  # noqa: PLC0415
 
+    if is_codes(y, labels):
+        return y
     arr = _values(y)
     if arr.ndim != 1:
         return arr  # the shape is reported by the validation
