@@ -31,7 +31,8 @@ _LAZY = {
     "SamplerWarning": "bayesmoe.inference.diagnostics",
     "FitWarning": "bayesmoe.inference.result",
 }
-_SUBMODULES = ("datasets", "experts", "family", "gates", "metrics", "priors", "plots", "inference", "nn")
+_SUBMODULES = ("datasets", "experts", "family", "formula", "gates", "metrics", "priors", "plots", "inference",
+               "nn")
 
 
 def __getattr__(name: str):
@@ -66,6 +67,6 @@ def relabel(idata, method: str = "ecr", **kwargs):
 __all__ = ["Expert", "FitData", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param",
            "Prediction",
            "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "gates", "metrics", "nn", "plots", "posterior_predictive", "predict", "priors",
-           "relabel", "sample", "to_datatree",
+           "fit_mle", "formula", "gates", "metrics", "nn", "plots", "posterior_predictive", "predict",
+           "priors", "relabel", "sample", "to_datatree",
            "set_compilation_cache", "set_host_device_count"]

@@ -12,8 +12,8 @@ from typing import Any
 import jax
 import numpy as np
 
-__all__ = ["align_xy", "as_x", "as_y", "as_y_labels", "as_y_real", "check_bool", "check_positive_int",
-           "check_real", "column_names", "is_traced"]
+__all__ = ["align_xy", "as_x", "as_y", "as_y_labels", "as_y_real", "check_bool", "check_columns",
+           "check_positive_int", "check_real", "column_names", "is_traced"]
 
 
 def is_traced(a: Any) -> bool:
@@ -30,6 +30,32 @@ def column_names(x: Any) -> list[str] | None:
     if name is not None and hasattr(x, "to_numpy"):
         return [str(name)]
     return None
+
+
+def check_columns(x: Any, expected: list[str] | tuple[str, ...] | None, name: str = "x") -> Any:
+    """New inputs against the training columns: a DataFrame ``x`` must have the training column names
+    (reordered to the training order when they come in another order); missing or unknown columns are
+    a ``ValueError`` naming them. Arrays, and fits without names (``expected`` None), pass as they are.
+
+    :param x: the new inputs (a DataFrame, a Series or an array).
+    :param expected: the training inputs' column names, or None.
+    :param name: the argument's name for messages.
+    """
+    names = column_names(x)
+    if names is None or expected is None:
+        return x
+    expected = [str(c) for c in expected]
+    if names == expected:
+        return x
+    missing = [c for c in expected if c not in names]
+    extra = [c for c in names if c not in expected]
+    if missing or extra:
+        raise ValueError(f"`{name}` has the columns {names} but the model was fitted on {expected}: "
+                         + "; ".join(m for m in (f"missing {missing}" if missing else "",
+                                                 f"unknown {extra}" if extra else "") if m))
+    if hasattr(x, "columns"):
+        return x[sorted(x.columns, key=lambda c: expected.index(str(c)))]
+    return x
 
 
 def as_x(x: Any, name: str = "x") -> np.ndarray:
@@ -74,7 +100,9 @@ def as_y_labels(y: Any, n: int, n_classes: int, name: str = "y") -> np.ndarray:
     arr = _as_1d(y, n, name)
     if arr.dtype.kind not in "iufb":
         raise ValueError(f"`{name}` must hold integer class labels 0..{n_classes - 1}, "
-                         f"got dtype {arr.dtype}")
+                         f"got dtype {arr.dtype} (for other labels, e.g. strings, give them to the "
+                         "expert, bm.experts.Categorical(labels=[...]); bm.fit_map, bm.fit_mle, bm.sample "
+                         "and MoE.from_formula learn them)")
     if arr.dtype.kind == "f":
         if not np.all(np.isfinite(arr)):
             raise ValueError(f"`{name}` contains NaN or infinite value(s)")

@@ -28,7 +28,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import digamma, gammaln
 from numpyro.distributions import constraints
 
-from bayesmoe import _math
+from bayesmoe import _labels, _math
 from bayesmoe import priors as _priors
 from bayesmoe._solvers import bisect, multinomial_newton, newton_ascent, spd_solve
 from bayesmoe._solvers import weighted_least_squares as _wls
@@ -350,15 +350,45 @@ class Categorical(_Polynomial, Expert):
     (arXiv 2310.14188).
     """
 
-    n_classes: int
+    n_classes: int | None = None
     degree: int = 1
+    labels: tuple | None = None
 
     def __post_init__(self):
+        if self.labels is not None:
+            labels = _labels.normalize(self.labels, "labels")
+            object.__setattr__(self, "labels", labels)
+            if self.n_classes is None:
+                object.__setattr__(self, "n_classes", len(labels))
+            elif self.n_classes != len(labels):
+                raise ValueError(f"`labels` has {len(labels)} labels but `n_classes` is {self.n_classes}")
+        if self.n_classes is None:
+            raise ValueError("Categorical needs `n_classes` (classes coded 0..C-1) or `labels` (the "
+                             "class labels, in order)")
         check_positive_int(self.n_classes, "n_classes", minimum=2)
         super().__post_init__()
 
     def __repr__(self) -> str:
-        return f"Categorical(n_classes={self.n_classes}, degree={self.degree})"
+        lab = "" if self.labels is None else f", labels={list(self.labels)!r}"
+        return f"Categorical(n_classes={self.n_classes}, degree={self.degree}{lab})"
+
+    def classes(self) -> list:
+        """The class labels (``labels``, or the codes 0..C-1 without labels)."""
+        return list(self.labels) if self.labels is not None else list(range(self.n_classes))
+
+    def encode_y(self, y, name="y"):
+        """Labels mapped to their codes 0..C-1 (positions in ``labels``); without labels y as is."""
+        if self.labels is None:
+            return y
+        return _labels.encode(y, self.labels, name)
+
+    def for_response(self, y):
+        """With the labels of y when they are not the codes 0..C-1 (sorted, or a pandas Categorical's
+        categories in order); itself when labels are set or y holds codes."""
+        if self.labels is not None:
+            return self
+        labels = _labels.learn(y, self.n_classes)
+        return self if labels is None else dataclasses.replace(self, labels=labels)
 
     @property
     def label(self) -> str:
@@ -372,7 +402,7 @@ class Categorical(_Polynomial, Expert):
         return {**super().sizes(K, d), "C": self.n_classes}
 
     def coords(self, names):
-        return {**super().coords(names), "class": list(range(self.n_classes))}
+        return {**super().coords(names), "class": self.classes()}
 
     def param_table(self):
         return (

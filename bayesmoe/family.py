@@ -614,6 +614,20 @@ class Expert(Family):
     def is_discrete(self) -> bool:
         return bool(self.support.is_discrete)
 
+    def encode_y(self, y: Any, name: str = "y") -> Any:
+        """The user's responses as values of :attr:`support` (e.g. class labels as codes 0..C-1);
+        default: as they are. Unknown labels are a ``ValueError`` naming ``name``."""
+        return y
+
+    def for_response(self, y: Any) -> Expert:
+        """This family adapted to the labels of the responses ``y`` (e.g. a class-label expert that
+        learns string labels); default: itself."""
+        return self
+
+    def classes(self) -> list | None:
+        """Labels of the classes of a class-label expert (the ``class`` coords), else None."""
+        return None
+
     def em_objective(self, params, r, x, y, joint):
         return jnp.sum(r * self.log_prob(params, x, y))
 

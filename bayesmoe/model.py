@@ -26,7 +26,7 @@ from bayesmoe import _cache, _math
 from bayesmoe import priors as _priors
 from bayesmoe._quantile import mixture_quantile
 from bayesmoe._random import as_key
-from bayesmoe._validation import align_xy, as_x, as_y, check_positive_int, is_traced
+from bayesmoe._validation import align_xy, as_x, as_y, check_positive_int, column_names, is_traced
 from bayesmoe.distributions import MixtureOfExperts
 from bayesmoe.family import Expert, Family, Gate
 
@@ -116,13 +116,19 @@ class MoE:
         inputs, adding :math:`\\log p(x) = \\log\\sum_k \\pi_k N(x | c_k, \\Gamma_k)` as the observed
         site ``x`` (the GLLiM joint likelihood of arXiv 2305.07572).
 
+    :param design: a :class:`bayesmoe.formula.Design` (made by :meth:`from_formula`): then ``x`` may be
+        a DataFrame read through the stored formulas, and the gate and the experts may see different
+        columns of the model's input matrix (their dims are then ``gate_feature`` and
+        ``expert_feature``; ``feature`` indexes the input matrix).
+
     Calling ``model(x, y=None)`` declares the sample sites (``gate_*``, ``expert_*``) and the observed
-    site ``y`` under the plate ``obs``. The keyword ``data_scale`` (from :meth:`data_scale`) fixes the
-    prior scaling; by default it is computed from the ``x`` and ``y`` given.
+    site ``y`` under the plate ``obs`` (always ``y``, whatever the response's name, so that code
+    written for one model works for all). The keyword ``data_scale`` (from :meth:`data_scale`) fixes
+    the prior scaling; by default it is computed from the ``x`` and ``y`` given.
     """
 
     def __init__(self, gate: Gate, expert: Expert, n_experts: int, priors: dict | None = None,
-                 joint: bool = False):
+                 joint: bool = False, design: Any = None):
         if not isinstance(gate, Gate):
             raise ValueError("`gate` must be a bayesmoe gate (bm.gates.Softmax(), ModifiedSoftmax(), "
                              f"Gaussian(), or a subclass of bm.gates.Gate), got {gate!r}")
@@ -134,6 +140,16 @@ class MoE:
             raise ValueError("`joint=True` needs a gate that models x (e.g. bm.gates.Gaussian(): it adds "
                              f"log p(x) of the gate's mixture), got {gate!r}")
         self.gate, self.expert, self.priors, self.joint = gate, expert, priors, bool(joint)
+        if design is not None:
+            from bayesmoe.formula import Design  # noqa: PLC0415
+
+            if not isinstance(design, Design):
+                raise ValueError(f"`design` must be a bayesmoe.formula.Design (MoE.from_formula), got "
+                                 f"{type(design).__name__}")
+        self.design = design
+        split = design is not None and design.split
+        self._gate_cols = np.asarray(design.gate_index) if split else None
+        self._expert_cols = np.asarray(design.expert_index) if split else None
         if priors is not None:
             if not isinstance(priors, dict):
                 raise ValueError(f"`priors` must be a dict of site name -> Distribution, got "
@@ -146,16 +162,107 @@ class MoE:
 
     def __repr__(self) -> str:
         j = ", joint=True" if self.joint else ""
-        return f"MoE({self.gate!r}, {self.expert!r}, n_experts={self.n_experts}{j})"
+        f = f", formula={self.design.formula_text()!r}" if self.design is not None else ""
+        return f"MoE({self.gate!r}, {self.expert!r}, n_experts={self.n_experts}{j}{f})"
 
     def __eq__(self, other) -> bool:
         return (type(other) is type(self) and self.gate == other.gate and self.expert == other.expert
                 and self.n_experts == other.n_experts and self.joint == other.joint
-                and _same_priors(self.priors, other.priors))
+                and self.design == other.design and _same_priors(self.priors, other.priors))
 
     def __hash__(self) -> int:
-        return hash((type(self), self.gate, self.expert, self.n_experts, self.joint,
+        return hash((type(self), self.gate, self.expert, self.n_experts, self.joint, self.design,
                      _priors_key(self.priors)))
+
+    @classmethod
+    def from_formula(cls, formula: str, gate: str | None = None, *, n_experts: int, data: Any,
+                     gate_family: Gate | None = None, expert: Expert | None = None,
+                     priors: dict | None = None, joint: bool = False) -> MoE:
+        """A model whose inputs are read from a DataFrame through Wilkinson formulas (formulaic).
+
+        :param formula: ``"response ~ terms"``: the experts' regressors (e.g. ``"y ~ x1 + C(region)"``,
+            ``"y ~ np.log(x1) + poly(x2, 2)"``); categorical columns are dummy-coded.
+        :param gate: a one-sided formula of the gate's regressors (``"~ x1 + C(region)"``, flexmix's
+            concomitant model), or None for the experts' right-hand side.
+        :param n_experts: K >= 1.
+        :param data: the training DataFrame: the design (levels, transform states) and, for
+            class-label experts, the labels are learnt from it and stored in the model.
+        :param gate_family: the gate (default ``bm.gates.Softmax()``).
+        :param expert: the experts (default ``bm.experts.Gaussian()``).
+        :param priors: as in :class:`MoE`.
+        :param joint: as in :class:`MoE`.
+
+        Then every workflow takes ``data=df`` in place of ``x, y`` (``bm.fit_mle(model, data=df)``,
+        ``bm.sample``, ``model.log_likelihood(params, data=df)``) and a DataFrame wherever ``x`` is
+        expected (``model.predict(params, new_df)``); see :mod:`bayesmoe.formula`.
+        """
+        from bayesmoe.formula import Design  # noqa: PLC0415
+
+        if gate_family is None:
+            from bayesmoe.gates import Softmax  # noqa: PLC0415
+
+            gate_family = Softmax()
+        if expert is None:
+            from bayesmoe.experts import Gaussian  # noqa: PLC0415
+
+            expert = Gaussian()
+        if not isinstance(expert, Expert):
+            raise ValueError(f"`expert` must be a bayesmoe expert, got {expert!r}")
+        design = Design.learn(formula, gate, data)
+        expert = expert.for_response(design.y(data))
+        return cls(gate_family, expert, n_experts, priors=priors, joint=joint, design=design)
+
+    def for_response(self, y: Any) -> MoE:
+        """This model with an expert that knows the labels of ``y`` (e.g. string class labels for
+        ``Categorical`` experts, learnt in sorted order or from a pandas Categorical's categories);
+        the model itself when nothing is to learn."""
+        expert = self.expert.for_response(y)
+        if expert is self.expert:
+            return self
+        return type(self)(self.gate, expert, self.n_experts, priors=self.priors, joint=self.joint,
+                          design=self.design)
+
+    # ------------------------------------------------------------------ the families' columns
+    def gate_x(self, x):
+        """The gate's columns of the model's input matrix x (n, d) (all of them without a design
+        that separates the gate's regressors from the experts')."""
+        return x if self._gate_cols is None else _take(x, self._gate_cols)
+
+    def expert_x(self, x):
+        """The experts' columns of the model's input matrix x (n, d)."""
+        return x if self._expert_cols is None else _take(x, self._expert_cols)
+
+    def gate_d(self, d: int) -> int:
+        """Number of the gate's inputs when the model's input matrix has d columns."""
+        return d if self._gate_cols is None else len(self._gate_cols)
+
+    def expert_d(self, d: int) -> int:
+        """Number of the experts' inputs when the model's input matrix has d columns."""
+        return d if self._expert_cols is None else len(self._expert_cols)
+
+    def input_names(self, x: Any = None) -> list[str] | None:
+        """Names of the model's input columns: the design's (formula models), else the DataFrame's."""
+        if self.design is not None:
+            return list(self.design.columns)
+        return column_names(x) if x is not None else None
+
+    @property
+    def response_name(self) -> str | None:
+        """The response's name given by the formula (None without a formula)."""
+        return None if self.design is None else self.design.response
+
+    @property
+    def classes(self) -> list | None:
+        """The class labels of a class-label expert (``class`` coords), None for other experts."""
+        return self.expert.classes()
+
+    def decode_y(self, codes) -> np.ndarray:
+        """Class codes 0..C-1 (any shape) as the original class labels (codes for other experts)."""
+        labels = self.classes
+        codes = np.asarray(codes)
+        if labels is None:
+            return codes
+        return np.asarray(labels, dtype=object)[codes.astype(int)]
 
     @property
     def families(self) -> tuple[Family, Family]:
@@ -167,13 +274,21 @@ class MoE:
         return self.gate.prior_names() | self.expert.prior_names()
 
     def check_data(self, x, y=None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Validate and convert ``x`` (n, d) and ``y`` (n,) (checked against the expert's support);
-        raises ValueError naming the argument."""
+        """Validate and convert ``x`` (n, d) and ``y`` (n,) (checked against the expert's support;
+        class labels mapped to codes); raises ValueError naming the argument. Formula models read a
+        DataFrame ``x`` through their design; an array ``x`` is taken as the design matrix."""
         y = align_xy(x, y)
+        if self.design is not None and (isinstance(x, Mapping) or (column_names(x) is not None
+                                                          and np.ndim(x) == 2)):
+            x = self.design.x(x, "x")
         x = as_x(x, "x")
+        if self.design is not None and x.shape[1] != len(self.design.columns):
+            raise ValueError(f"`x` has {x.shape[1]} columns but the model's design has "
+                             f"{len(self.design.columns)} ({list(self.design.columns)}): pass a DataFrame "
+                             "(read through the formula) or its design matrix")
         if y is None:
             return x, None
-        return x, as_y(y, x.shape[0], self.expert.support, "y")
+        return x, as_y(self.expert.encode_y(y, "y"), x.shape[0], self.expert.support, "y")
 
     def y_dtype(self):
         """int32 for experts with a discrete support, the default float otherwise."""
@@ -192,28 +307,30 @@ class MoE:
     def data_scale(self, x, y=None) -> DataScale:
         """The data scales the default priors are stated in (see :mod:`bayesmoe.priors`)."""
         x, y = self._prepare(x, y)
-        return DataScale(_priors.data_scale(self.gate.features(x), None),
-                         _priors.data_scale(self.expert.features(x), y))
+        return DataScale(_priors.data_scale(self.gate.features(self.gate_x(x)), None),
+                         _priors.data_scale(self.expert.features(self.expert_x(x)), y))
 
     # ------------------------------------------------------------------ the NumPyro model
     def __call__(self, x, y=None, *, data_scale: DataScale | None = None):
         x, y = self._prepare(x, y)
         scale = data_scale if data_scale is not None else self.data_scale(x, y)
         d = x.shape[1]
-        params = self.gate.sample(self.n_experts, d, scale.gate, self.priors)
-        params.update(self.expert.sample(self.n_experts, d, scale.expert, self.priors))
+        params = self.gate.sample(self.n_experts, self.gate_d(d), scale.gate, self.priors)
+        params.update(self.expert.sample(self.n_experts, self.expert_d(d), scale.expert, self.priors))
         with numpyro.plate("obs", x.shape[0]):
             if self.joint:
-                numpyro.sample("x", self.gate.x_distribution(params), obs=x)
+                numpyro.sample("x", self.gate.x_distribution(params), obs=self.gate_x(x))
             numpyro.sample("y", self.distribution(params, x), obs=y)
 
     def distribution(self, params: Params, x) -> MixtureOfExperts:
         """The per-observation mixture p(y_i | x_i) as a :class:`MixtureOfExperts` (batch (n,))."""
-        return MixtureOfExperts(self.gate.log_weights(params, x), self.expert.component(params, x))
+        return MixtureOfExperts(self.gate.log_weights(params, self.gate_x(x)),
+                                self.expert.component(params, self.expert_x(x)))
 
     # ------------------------------------------------------------------ parameters (from the tables)
     def sizes(self, d: int) -> dict[str, int]:
-        return {**self.gate.sizes(self.n_experts, d), **self.expert.sizes(self.n_experts, d)}
+        return {**self.gate.sizes(self.n_experts, self.gate_d(d)),
+                **self.expert.sizes(self.n_experts, self.expert_d(d))}
 
     def check_params(self, params: Params, d: int, *, batch_ndim: int = 0,
                      name: str = "params") -> Params:
@@ -224,15 +341,17 @@ class MoE:
         """
         if not isinstance(params, Mapping):
             raise ValueError(f"`{name}` must be a dict keyed by site name, got {type(params).__name__}")
-        out = self.gate.check_params(params, self.n_experts, d, batch_ndim=batch_ndim, name=name)
-        out.update(self.expert.check_params(params, self.n_experts, d, batch_ndim=batch_ndim,
-                                            name=name))
+        out = self.gate.check_params(params, self.n_experts, self.gate_d(d), batch_ndim=batch_ndim,
+                                     name=name)
+        out.update(self.expert.check_params(params, self.n_experts, self.expert_d(d),
+                                            batch_ndim=batch_ndim, name=name))
         return out
 
     def n_params(self, d: int) -> int:
         """Number of free parameters for d inputs (for AIC/BIC)."""
         d = check_positive_int(d, "d")
-        return self.gate.n_params(self.n_experts, d) + self.expert.n_params(self.n_experts, d)
+        return (self.gate.n_params(self.n_experts, self.gate_d(d))
+                + self.expert.n_params(self.n_experts, self.expert_d(d)))
 
     def free_params(self, params: Params) -> Params:
         """The sample-site values of full parameters (reference rows dropped, gauge applied): what
@@ -243,8 +362,8 @@ class MoE:
 
     def full_params(self, free: Params, d: int) -> Params:
         """Full parameters (with reference rows and derived sites) from sample-site values."""
-        out = self.gate.to_full(free, self.n_experts, d)
-        out.update(self.expert.to_full(free, self.n_experts, d))
+        out = self.gate.to_full(free, self.n_experts, self.gate_d(d))
+        out.update(self.expert.to_full(free, self.n_experts, self.expert_d(d)))
         return out
 
     def complete_params(self, params: Params, d: int | None = None) -> Params:
@@ -260,7 +379,8 @@ class MoE:
         """
         out = dict(params)
         for fam in self.families:
-            sizes = fam.sizes(self.n_experts, d) if d is not None else None
+            fd = self._family_d(fam, d)
+            sizes = fam.sizes(self.n_experts, fd) if fd is not None else None
             for p in fam.param_table():
                 if p.name in out:
                     continue
@@ -304,8 +424,8 @@ class MoE:
 
     def param_dims(self, d: int, free: bool = False) -> dict[str, tuple[str, ...]]:
         """Named dims of every site (for ArviZ); with ``free=True`` also the free sample sites."""
-        dims = self.gate.param_dims(d, free)
-        dims.update(self.expert.param_dims(d, free))
+        dims = _renamed(self.gate.param_dims(self.gate_d(d), free), self._dim_names("gate"))
+        dims.update(_renamed(self.expert.param_dims(self.expert_d(d), free), self._dim_names("expert")))
         return dims
 
     def posterior_dims(self, d: int) -> dict[str, tuple[str, ...]]:
@@ -317,14 +437,27 @@ class MoE:
         :param d: the number of inputs.
         """
         out = {}
-        for fam in self.families:
-            sizes = fam.sizes(self.n_experts, d)
-            dims = fam.param_dims(d, free=True)
+        for role, fam in (("gate", self.gate), ("expert", self.expert)):
+            fd = self._family_d(fam, d)
+            sizes = fam.sizes(self.n_experts, fd)
+            dims = _renamed(fam.param_dims(fd, free=True), self._dim_names(role))
             for p in fam.param_table():
                 if p.n_free(sizes) > 0:
                     out[p.site] = dims[p.site]
-            out.update(fam.derived_dims())
+            out.update(_renamed(fam.derived_dims(), self._dim_names(role)))
         return out
+
+    def _family_d(self, fam: Family, d: int | None) -> int | None:
+        """The number of inputs family ``fam`` (the gate or the expert) sees."""
+        if d is None:
+            return None
+        return self.gate_d(d) if fam is self.gate else self.expert_d(d)
+
+    def _dim_names(self, role: str) -> dict[str, str]:
+        """Renamed input dims of a family that sees its own columns (``gate_feature``, ...)."""
+        if self._gate_cols is None:
+            return {}
+        return {"feature": f"{role}_feature", "feature_bis": f"{role}_feature_bis"}
 
     def site_names(self, d: int) -> set[str]:
         """Names of the full (user-facing) sites: the tables' sites and the derived ones."""
@@ -333,10 +466,14 @@ class MoE:
     def coords(self, feature_names: list[str]) -> dict[str, list]:
         """ArviZ coords of every dim of the model's sites (and ``<dim>_free``: all but the last
         entry, for the free parts of sites with a reference entry)."""
-        out = {"expert": list(range(self.n_experts)), "feature": list(feature_names)}
-        for fam in self.families:
-            for k, v in fam.coords(list(feature_names)).items():
-                out.setdefault(k, v)
+        names = list(feature_names)
+        out = {"expert": list(range(self.n_experts)), "feature": names}
+        for role, fam, cols in (("gate", self.gate, self._gate_cols),
+                                ("expert", self.expert, self._expert_cols)):
+            own = names if cols is None else [names[i] for i in cols]
+            ren = self._dim_names(role)
+            for k, v in fam.coords(own).items():
+                out.setdefault(ren.get(k, k), v)
         for fam in self.families:
             for dim in set(fam.reference_dims().values()):
                 if dim in out:
@@ -347,11 +484,13 @@ class MoE:
         """Absolute lower bounds of the floored scales: ``scale_floor`` times the robust spread
         (1.4826 MAD, the sd where the MAD is 0) of the variable each bounds (y for expert scales,
         each x column for gate scales), so that a few outliers do not lift every floor."""
-        spread = {"x": _robust_spread(np.asarray(x, float))}
+        x = np.asarray(x, float)
+        spread = {}
         if y is not None and not self.expert.is_discrete:
             spread["y"] = float(_robust_spread(np.asarray(y, float)[:, None])[0])
         out = {}
-        for fam in self.families:
+        for fam, fx in ((self.gate, self.gate_x(x)), (self.expert, self.expert_x(x))):
+            spread["x"] = _robust_spread(fx)
             for name, var in fam.floor_sites().items():
                 if var in spread:
                     out[name] = jnp.asarray(scale_floor * spread[var], jnp.result_type(float))
@@ -359,20 +498,27 @@ class MoE:
 
     def random_params(self, rng: np.random.Generator, d: int) -> Params:
         """Random valid parameters of both families (numpy; for tests and demos)."""
-        out = self.gate.random_params(rng, self.n_experts, d)
-        out.update(self.expert.random_params(rng, self.n_experts, d))
+        out = self.gate.random_params(rng, self.n_experts, self.gate_d(d))
+        out.update(self.expert.random_params(rng, self.n_experts, self.expert_d(d)))
         return out
 
     # ------------------------------------------------------------------ pure helpers
     def log_joint_terms(self, params: Params, x, y) -> jnp.ndarray:
         r""":math:`\ell_{ik} = \log g_k(x_i) + \log p_k(y_i | x_i)` (with ``joint``, the gate term is
         :math:`\log \pi_k + \log p_k(x_i)`), shape (n, K): the E-step's terms."""
-        return _math.log_joint_terms(self.gate.log_terms(params, x, self.joint),
-                                     self.expert.log_prob(params, x, y))
+        return _math.log_joint_terms(self.gate.log_terms(params, self.gate_x(x), self.joint),
+                                     self.expert.log_prob(params, self.expert_x(x), y))
 
-    def log_likelihood(self, params: Params, x, y) -> jnp.ndarray:
+    def log_likelihood(self, params: Params, x=None, y=None, *, data=None) -> jnp.ndarray:
         r"""Pointwise log-likelihood :math:`\log p(y_i | x_i)` (plus :math:`\log p(x_i)` when
-        ``joint``), shape (n,). Arguments are checked unless traced (inside jit/vmap)."""
+        ``joint``), shape (n,). Arguments are checked unless traced (inside jit/vmap).
+
+        :param params: parameters keyed by site name.
+        :param x: inputs (n, d) (a DataFrame for formula models).
+        :param y: responses (n,).
+        :param data: for formula models, a DataFrame in place of ``x`` and ``y``.
+        """
+        x, y = _resolve(self, x, y, data)
         x, y = self._prepare(x, y)
         if y is None:
             raise ValueError("`y` is required, got None")
@@ -380,8 +526,10 @@ class MoE:
             params = self.check_params(params, x.shape[1])
         return logsumexp(self.log_joint_terms(params, x, y), axis=-1)
 
-    def responsibilities(self, params: Params, x, y) -> jnp.ndarray:
-        """Posterior expert memberships :math:`P(z_i = k | x_i, y_i)`, shape (n, K)."""
+    def responsibilities(self, params: Params, x=None, y=None, *, data=None) -> jnp.ndarray:
+        """Posterior expert memberships :math:`P(z_i = k | x_i, y_i)`, shape (n, K) (arguments as in
+        :meth:`log_likelihood`)."""
+        x, y = _resolve(self, x, y, data)
         x, y = self._prepare(x, y)
         return jax.nn.softmax(self.log_joint_terms(params, x, y), axis=-1)
 
@@ -401,10 +549,9 @@ class MoE:
         x, _ = self._prepare(x)
         if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
             params = self.check_params(params, x.shape[1])
-        lw = self.gate.log_weights(params, x)
-        g = jnp.exp(lw)
-        em = self.expert.mean(params, x)
-        ep = self.expert.probs(params, x)
+        g = jnp.exp(self.gate.log_weights(params, self.gate_x(x)))
+        em = self.expert.mean(params, self.expert_x(x))
+        ep = self.expert.probs(params, self.expert_x(x))
         mean = None if em is None else jnp.sum(g * em, axis=-1)
         cp = None if ep is None else jnp.einsum("nk,nkc->nc", g, ep)
         lower = upper = None
@@ -439,18 +586,21 @@ class MoE:
     # ------------------------------------------------------------------ EM
     def em_prepare(self, x, y) -> tuple:
         """Data the families' M-steps compute once per EM run."""
-        return self.gate.em_prepare(x, y), self.expert.em_prepare(x, y)
+        return self.gate.em_prepare(self.gate_x(x), y), self.expert.em_prepare(self.expert_x(x), y)
 
     def em_update(self, params: Params, r, x, y, floors: Mapping, cache: tuple) -> Params:
         """One M-step of both families given responsibilities r (n, K)."""
-        new = self.gate.em_update(params, r, x, y, floors, cache[0], self.joint)
-        return self.expert.em_update(new, r, x, y, floors, cache[1], self.joint)
+        new = self.gate.em_update(params, r, self.gate_x(x), y, floors, cache[0], self.joint)
+        return self.expert.em_update(new, r, self.expert_x(x), y, floors, cache[1], self.joint)
 
     # ------------------------------------------------------------------ specs
     def spec(self) -> dict:
         """A JSON-able description of the model (stored in ArviZ attrs); see :meth:`from_spec`."""
-        return {"n_experts": self.n_experts, "joint": self.joint, "gate": self.gate.spec(),
-                "expert": self.expert.spec()}
+        out = {"n_experts": self.n_experts, "joint": self.joint, "gate": self.gate.spec(),
+               "expert": self.expert.spec()}
+        if self.design is not None:
+            out["design"] = self.design.spec()
+        return out
 
     @classmethod
     def from_spec(cls, spec: Mapping, priors: dict | None = None) -> MoE:
@@ -463,7 +613,13 @@ class MoE:
                 raise ValueError(f"`spec` is missing {key!r}")
         gate = _rebuild(spec["gate"], "gate")
         expert = _rebuild(spec["expert"], "expert")
-        return cls(gate, expert, spec["n_experts"], priors=priors, joint=bool(spec.get("joint", False)))
+        design = None
+        if spec.get("design") is not None:
+            from bayesmoe.formula import Design  # noqa: PLC0415
+
+            design = Design.from_spec(spec["design"])
+        return cls(gate, expert, spec["n_experts"], priors=priors, joint=bool(spec.get("joint", False)),
+                   design=design)
 
     @classmethod
     def from_datatree(cls, dt, priors: dict | None = None) -> MoE:
@@ -479,11 +635,31 @@ class MoE:
         return model_from_datatree(dt, priors=priors)
 
 
+
+def _take(x, cols: np.ndarray):
+    """Columns ``cols`` of the last axis (numpy stays numpy; JAX arrays and tracers use a gather)."""
+    if isinstance(x, np.ndarray):
+        return x[..., cols]
+    return jnp.take(x, jnp.asarray(cols), axis=-1)
+
+
+def _renamed(dims: dict, names: dict) -> dict:
+    return {k: tuple(names.get(s, s) for s in v) for k, v in dims.items()} if names else dims
+
+
+def _resolve(model: MoE, x, y, data):
+    if data is None:
+        return x, y
+    from bayesmoe.formula import resolve_data  # noqa: PLC0415
+
+    return resolve_data(model, x, y, data)
+
+
 @partial(jax.jit, static_argnums=(0, 3))
 def _interval(model: MoE, params: Params, x, a: float):
     """The mixture's a and 1 - a quantiles at every x (compiled once per model and level)."""
-    lw = model.gate.log_weights(params, x)
-    comp = model.expert.component(params, x)
+    lw = model.gate.log_weights(params, model.gate_x(x))
+    comp = model.expert.component(params, model.expert_x(x))
     disc = model.expert.is_discrete
     q = jax.vmap(lambda p: mixture_quantile(lw, comp, p, disc))(jnp.asarray([a, 1.0 - a], lw.dtype))
     return q[0], q[1]

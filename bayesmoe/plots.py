@@ -28,6 +28,7 @@ import numpy as np
 from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe._random import as_rng
 from bayesmoe._validation import check_positive_int
+from bayesmoe.formula import resolve_data
 from bayesmoe.model import MoE, Prediction
 
 __all__ = ["plot_fit", "plot_gates", "posterior_params"]
@@ -189,8 +190,9 @@ def _curve_with_band(ax, gx, point, lo, hi, field: str, j: int, color, label: st
     ax.plot(gx, getattr(point, field)[:, j], color=color, lw=lw, label=label, gid=gid)
 
 
-def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=None, ax=None,
-             n_grid: int = 200, band: float = 0.89, n_draws: int | None = 200, seed=0):
+def plot_fit(model: MoE, x: Any = None, y: Any = None, *, data: Any = None, params: dict | None = None,
+             idata=None, ax=None, n_grid: int = 200, band: float = 0.89, n_draws: int | None = 200,
+             seed=0):
     r"""Plot the data and the fitted model; returns the matplotlib ``Axes``.
 
     Gaussian experts, 1-D x: the data (grey points); each expert's mean :math:`\mu_k(x)` (coloured
@@ -208,7 +210,10 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
     class (Categorical experts), with the data on top (coloured by y).
 
     :param model: the :class:`bayesmoe.MoE`.
-    :param x: inputs (n,) or (n, d) with d = 1 or 2; ``y``: responses / labels (n,).
+    :param x: inputs (n,) or (n, d) with d = 1 or 2; ``y``: responses / labels (n,). Axes are
+        labelled with the column names of a DataFrame ``x`` and the name of a Series ``y`` (or the
+        formula's design columns and response).
+    :param data: for formula models, a DataFrame in place of ``x`` and ``y``.
     :param params: a point estimate (site-name dict, e.g. ``bm.fit_map(...).params``).
     :param idata: posterior draws (``bm.sample``'s ``DataTree``) for the bands. At least one of
         ``params`` and ``idata`` is required; the curves are at ``params`` if given, else the
@@ -219,6 +224,8 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
     :param n_draws: at most this many posterior draws are used (random subset, ``seed``).
     """
     _check_common(model, params, idata, band, n_grid, n_draws)
+    x, y = resolve_data(model, x, y, data)
+    xnames, yname = _names(model, x, y)
     x, y = model.check_data(x, y)
     if y is None:
         raise ValueError("`y` is required, got None")
@@ -227,7 +234,7 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
         raise ValueError(f"`x` must have 1 or 2 features to plot, got {d}")
     ax = _axes(ax)
     if d == 2:
-        return _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed)
+        return _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed, xnames, yname)
     grid = _grid_1d(x, n_grid)
     gx = grid[:, 0]
     point, lo, hi = _curves(model, grid, params, idata, n_draws, seed, band)
@@ -235,8 +242,10 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
         C = point.class_probs.shape[1]
         colors = _colors(C, offset=model.n_experts)
         jitter = as_rng(seed).uniform(-0.012, 0.012, size=y.shape[0])
+        labels = model.classes or list(range(C))
         for c in range(C):
-            _curve_with_band(ax, gx, point, lo, hi, "class_probs", c, colors[c], f"p(y = {c} | x)",
+            _curve_with_band(ax, gx, point, lo, hi, "class_probs", c, colors[c],
+                             f"p({yname} = {labels[c]} | {xnames[0]})",
                              f"class_prob_{c}", f"class_band_{c}")
             sel = y == c
             ax.scatter(x[sel, 0], -0.05 - 0.05 * c + jitter[sel], s=6, marker="|", color=colors[c],
@@ -256,9 +265,9 @@ def plot_fit(model: MoE, x: Any, y: Any, *, params: dict | None = None, idata=No
         span = float(y.max() - y.min()) or 1.0
         ax.set_ylim(min(y.min(), point.mean.min()) - 0.08 * span,
                     max(y.max(), point.mean.max()) + 0.08 * span)
-        ax.set_ylabel("y")
+        ax.set_ylabel(yname)
     ax.set_xlim(gx[0], gx[-1])
-    ax.set_xlabel("x")
+    ax.set_xlabel(xnames[0])
     ax.legend(loc="best", fontsize=8, framealpha=0.8)
     ax.set_title(f"{_model_name(model)}\nfit ({_source(params, idata, band)})", fontsize=10)
     return ax
@@ -268,7 +277,16 @@ def _model_name(model: MoE) -> str:
     return f"{model.gate.label}, {model.n_experts} {model.expert.label}"
 
 
-def _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed):
+def _names(model: MoE, x: Any, y: Any = None) -> tuple[list[str], str]:
+    """Axis names: the inputs' (design or DataFrame columns, else x0, x1) and the response's."""
+    xnames = model.input_names(x) or [f"x{j}" for j in range(2)]
+    if len(xnames) == 1 and model.input_names(x) is None:
+        xnames = ["x"]
+    yname = model.response_name or (str(y.name) if getattr(y, "name", None) is not None else "y")
+    return xnames, yname
+
+
+def _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed, xnames, yname):
     grid, extent = _grid_2d(x, n_grid)
     point, _, _ = _curves(model, grid, params, idata, n_draws, seed, band)
     if point.class_probs is not None:
@@ -279,10 +297,11 @@ def _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed):
         img = np.argmax(point.class_probs, axis=1).reshape(n_grid, n_grid)
         ax.imshow(img, origin="lower", extent=extent, aspect="auto", cmap=ListedColormap(colors),
                   vmin=-0.5, vmax=C - 0.5, alpha=0.35, interpolation="nearest", gid="class_regions")
+        labels = model.classes or list(range(C))
         for c in range(C):
             sel = y == c
             ax.scatter(x[sel, 0], x[sel, 1], s=9, color=colors[c], edgecolor="k", lw=0.3,
-                       label=f"class {c}")
+                       label=f"{yname} = {labels[c]}")
         ax.legend(loc="best", fontsize=8, framealpha=0.8)
         what = "most probable class"
     else:
@@ -290,18 +309,18 @@ def _plot_fit_2d(model, x, y, params, idata, ax, n_grid, band, n_draws, seed):
         im = ax.imshow(img, origin="lower", extent=extent, aspect="auto", cmap="viridis",
                        interpolation="nearest", gid="mixture_mean")
         ax.scatter(x[:, 0], x[:, 1], c=y, cmap="viridis", norm=im.norm, s=9, edgecolor="w", lw=0.4)
-        ax.figure.colorbar(im, ax=ax, label="mixture mean of y")
+        ax.figure.colorbar(im, ax=ax, label=f"mixture mean of {yname}")
         what = "mixture mean"
-    ax.set_xlabel("x0")
-    ax.set_ylabel("x1")
+    ax.set_xlabel(xnames[0])
+    ax.set_ylabel(xnames[1])
     src = "point estimate" if params is not None else "posterior median"
     ax.set_title(f"{_model_name(model)}\n{what} ({src})", fontsize=10)
     return ax
 
 
 # ----------------------------------------------------------------------------- plot_gates
-def plot_gates(model: MoE, x: Any, *, params: dict | None = None, idata=None, ax=None,
-               band: float = 0.89, n_grid: int = 200, n_draws: int | None = 200, seed=0,
+def plot_gates(model: MoE, x: Any = None, *, data: Any = None, params: dict | None = None, idata=None,
+               ax=None, band: float = 0.89, n_grid: int = 200, n_draws: int | None = 200, seed=0,
                show_data: bool = True):
     r"""Plot the gate probabilities :math:`g_k(x)`; returns the matplotlib ``Axes``.
 
@@ -314,9 +333,12 @@ def plot_gates(model: MoE, x: Any, *, params: dict | None = None, idata=None, ax
     ``argmax_k g_k``, of the point estimate or, with ``idata`` only, of the posterior mean of
     :math:`g_k`), dotted contours where the winning gate probability is 0.9, and the data points.
 
-    Arguments as in :func:`plot_fit`; ``x`` with more than 2 features raises ``ValueError``.
+    Arguments as in :func:`plot_fit` (``data``: a DataFrame for formula models); ``x`` with more than
+    2 features raises ``ValueError``.
     """
     _check_common(model, params, idata, band, n_grid, n_draws)
+    x, _ = resolve_data(model, x, None, data, need_y=False)
+    xnames, _ = _names(model, x)
     x, _ = model.check_data(x)
     d = x.shape[1]
     if d > 2:
@@ -336,7 +358,7 @@ def plot_gates(model: MoE, x: Any, *, params: dict | None = None, idata=None, ax
                     gid="data")
         ax.set_ylim(-0.06, 1.04)
         ax.set_xlim(gx[0], gx[-1])
-        ax.set_xlabel("x")
+        ax.set_xlabel(xnames[0])
         ax.set_ylabel("gate probability")
         ax.legend(loc="best", fontsize=8, framealpha=0.8)
         ax.set_title(f"{_model_name(model)}\ngates ({_source(params, idata, band)})", fontsize=10)
@@ -365,7 +387,7 @@ def plot_gates(model: MoE, x: Any, *, params: dict | None = None, idata=None, ax
     ax.legend(handles=handles, loc="best", fontsize=8, framealpha=0.8)
     ax.set_xlim(extent[0], extent[1])
     ax.set_ylim(extent[2], extent[3])
-    ax.set_xlabel("x0")
-    ax.set_ylabel("x1")
+    ax.set_xlabel(xnames[0])
+    ax.set_ylabel(xnames[1])
     ax.set_title(f"{_model_name(model)}\nargmax gate ({src}; dotted: max g = 0.9)", fontsize=10)
     return ax

@@ -73,7 +73,7 @@ def fit_problems(model, params: dict, resp, floors: dict, gate_feature_sd, log_l
     K = model.n_experts
     if resp is not None and K > 1:
         nk = np.asarray(resp).sum(0)
-        k_e = model.expert.n_params(K, d) / K
+        k_e = model.expert.n_params(K, model.expert_d(d)) / K
         small = [k for k in range(K) if nk[k] < k_e]
         if small:
             out.append(f"expert(s) {small} explain only {np.round(nk[small], 2).tolist()} observations, "

@@ -50,7 +50,7 @@ class Standardization(NamedTuple):
         """Add to a standardised log-likelihood to get the data's: -n log t (- n sum log s, joint)."""
         out = -n * np.log(self.y_scale) if model.expert.y_affine else 0.0
         if model.joint:
-            out -= n * float(np.sum(np.log(self.x_scale)))
+            out -= n * float(np.sum(np.log(model.gate_x(np.asarray(self.x_scale)))))
         return float(out)
 
     @property
@@ -73,7 +73,7 @@ def for_data(model, x: np.ndarray, y: np.ndarray) -> Standardization:
     x = np.asarray(x, np.float64)
     d = x.shape[1]
     out = identity(d)
-    if model.gate.x_affine(d) and model.expert.x_affine(d):
+    if model.gate.x_affine(model.gate_d(d)) and model.expert.x_affine(model.expert_d(d)):
         out = out._replace(x_loc=x.mean(0), x_scale=_spread(x))
     if model.expert.y_affine:
         y = np.asarray(y, np.float64)
@@ -93,6 +93,8 @@ def _map(model, params: dict, st: Standardization, inverse: bool) -> dict:
 @partial(jax.jit, static_argnums=(0, 1))
 def _map_compiled(model, inverse, params, x_loc, x_scale, y_loc, y_scale):
     """One compiled program (float64) per model and direction, instead of many eager operations."""
-    p = model.gate.standardize(params, x_loc, x_scale, y_loc, y_scale, inverse=inverse)
-    p = model.expert.standardize(p, x_loc, x_scale, y_loc, y_scale, inverse=inverse)
+    p = model.gate.standardize(params, model.gate_x(x_loc), model.gate_x(x_scale), y_loc, y_scale,
+                               inverse=inverse)
+    p = model.expert.standardize(p, model.expert_x(x_loc), model.expert_x(x_scale), y_loc, y_scale,
+                                 inverse=inverse)
     return model.complete_params(p)

@@ -65,8 +65,8 @@ def soft_partitions(model, x: np.ndarray, y: np.ndarray, n_starts: int,
 @partial(jax.jit, static_argnums=(0, 5))
 def _params_from_weights(model, x, y, weights, floors, free: bool):
     def one(w):
-        params = dict(model.gate.init_params(x, w, floors))
-        params.update(model.expert.init_params(x, y, w, floors))
+        params = dict(model.gate.init_params(model.gate_x(x), w, floors))
+        params.update(model.expert.init_params(model.expert_x(x), y, w, floors))
         return model.free_params(params) if free else model.regauge(params)
 
     return jax.vmap(one)(weights)

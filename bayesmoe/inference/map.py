@@ -30,6 +30,7 @@ from numpyro.infer.util import initialize_model
 
 from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real, column_names
+from bayesmoe.formula import resolve_data
 from bayesmoe.inference import _checks, _optimize, _standardize
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference.init import data_starts
@@ -131,7 +132,8 @@ def _index(tree: dict, i: int) -> dict:
 
 
 @obj.serialized
-def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_starts: int = 8,
+def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = None,
+            method: str = "lbfgs", n_starts: int = 8,
             seed: int = 0, init: dict | None = None, max_steps: int | None = None,
             tol: float | None = None, learning_rate: float = 0.02, jitter: float = 0.1,
             scale_floor: float = 1e-3, screen_size: int = 20_000, progress_bar: bool = False,
@@ -140,6 +142,10 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
 
     :param model: a :class:`bayesmoe.MoE` or any NumPyro model function ``model(x, y=None)``
         (random jittered starts and no named dims for the latter).
+    :param x: inputs (n, d) (a DataFrame for formula models); ``y``: responses (n,) (class labels
+        of any kind for class-label experts: learnt into the model's expert).
+    :param data: for formula models (:meth:`bayesmoe.MoE.from_formula`), a DataFrame in place of
+        ``x`` and ``y``.
     :param method: ``"lbfgs"`` (default), ``"adam"`` or ``"em"``.
     :param n_starts: number of starts, run together (vmap).
     :param seed: an int or a ``jax.random`` key: seed of the data-driven starts and their jitter.
@@ -160,6 +166,9 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     (and ``sample``) run one at a time under a lock.
     """
     key = as_key(seed, "seed")
+    x, y = resolve_data(model, x, y, data)
+    if isinstance(model, MoE) and y is not None:
+        model = model.for_response(y)
     seed = _check_args(method=method, n_starts=n_starts, max_steps=max_steps, tol=tol, seed=seed,
                        learning_rate=learning_rate, jitter=jitter, scale_floor=scale_floor,
                        screen_size=screen_size, progress_bar=progress_bar, prior=prior)
@@ -175,7 +184,7 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
     else:
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
     n = xa.shape[0]
-    fit_data = FitData(np.asarray(xa), np.asarray(ya), _feature_names(x))
+    fit_data = FitData(np.asarray(xa), np.asarray(ya), _feature_names(model, x))
     if isinstance(model, MoE):
         _check_size(model, n, xa.shape[1], bool(prior))
     if init is not None and isinstance(model, MoE):
@@ -322,12 +331,12 @@ def fit_map(model: MoE | Callable, x: Any, y: Any, *, method: str = "lbfgs", n_s
                      extra=extra, warnings=tuple(problems), model=model, data=fit_data)
 
 
-def _feature_names(x: Any) -> tuple[str, ...] | None:
-    names = column_names(x)
+def _feature_names(model: Any, x: Any) -> tuple[str, ...] | None:
+    names = model.input_names(x) if isinstance(model, MoE) else column_names(x)
     return tuple(names) if names else None
 
 
-def fit_mle(model: MoE | Callable, x: Any, y: Any, **kwargs) -> FitResult:
+def fit_mle(model: MoE | Callable, x: Any = None, y: Any = None, **kwargs) -> FitResult:
     """Maximum-likelihood estimate: :func:`fit_map` with the priors switched off.
 
     Same arguments and result type as :func:`fit_map`; ``log_posterior`` equals ``log_likelihood``.

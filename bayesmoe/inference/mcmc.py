@@ -37,6 +37,7 @@ from numpyro.infer import log_likelihood as numpyro_log_likelihood
 from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe._random import as_key
 from bayesmoe._validation import as_x, check_bool, check_positive_int, check_real, column_names
+from bayesmoe.formula import resolve_data
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference import diagnostics as diag
 from bayesmoe.inference.map import fit_map
@@ -79,13 +80,22 @@ def _default_chain_method(num_chains: int) -> str:
 
 
 @obj.serialized
-def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_warmup: int = 1000,
+def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = None,
+           num_chains: int = 4, num_warmup: int = 1000,
            num_samples: int = 1000, seed: int | jax.Array = 0, init: str | dict = "map",
            chain_method: str | None = None, progress_bar: bool = True, relabel: bool = True,
            posterior_predictive: bool = True, target_accept_prob: float = 0.8,
            dense_mass: bool | None = None, init_jitter: float = 0.05, n_starts: int = 8,
            max_tree_depth: int = 10, quiet: bool = False):
     """Run NUTS on ``model`` given (x, y) and return an ArviZ ``DataTree``.
+
+    :param x: inputs (n, d) (a DataFrame for formula models); ``y``: responses (n,) (class labels of
+        any kind for class-label experts: learnt into the model's expert, the ``class`` coords).
+    :param data: for formula models (:meth:`bayesmoe.MoE.from_formula`), a DataFrame in place of
+        ``x`` and ``y``. The observed site and its DataTree variables are named ``y`` whatever the
+        response's name (so ``az.loo`` and code written for any model work); the formula's response
+        name is in the root attr ``bayesmoe_response``. Class labels are stored as their codes in
+        ``y`` (numbers, as ArviZ's checks need) and the labels are the ``class`` coords.
 
     :param init: ``"map"`` (multi-start MAP, then chains near it), ``"random"`` (NumPyro's uniform
         init in (-2, 2) unconstrained) or a params dict (site names of DESIGN.md).
@@ -119,7 +129,10 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
     if not (isinstance(init, dict) or (isinstance(init, str) and init in ("map", "random"))):
         raise ValueError(f"`init` must be 'map', 'random' or a params dict, got {init!r}")
     key = as_key(seed, "seed")
+    x, y = resolve_data(model, x, y, data)
     is_moe = isinstance(model, MoE)
+    if is_moe and y is not None:
+        model = model.for_response(y)
     if is_moe:
         xa, ya = model.check_data(x, y)
         if ya is None:
@@ -133,7 +146,7 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
             raise ValueError(f"`y` has length {ya.shape[0]} but `x` has {xa.shape[0]} rows")
     else:
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
-    features = column_names(x)
+    features = model.input_names(x) if is_moe else column_names(x)
     dtype = jnp.result_type(float)
     x_j = jnp.asarray(xa, dtype)
     if is_moe:
@@ -218,6 +231,8 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
         if model.joint:
             dims["x_obs"] = ["obs", "feature"]
         attrs["bayesmoe_model"] = json.dumps(model.spec())
+        if model.response_name is not None:
+            attrs["bayesmoe_response"] = model.response_name
     if map_fit is not None:
         attrs["map_log_likelihood"] = map_fit.log_likelihood
     dt = from_dict(data, coords=coords, dims=dims, attrs={"/": attrs})

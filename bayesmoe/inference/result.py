@@ -8,6 +8,8 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from bayesmoe._validation import check_columns
+
 __all__ = ["FitData", "FitResult", "FitWarning"]
 
 
@@ -117,7 +119,7 @@ class FitResult:
             raise ValueError("`x` and `y` must be given together (or neither, for the fit's data)")
         if x is None:
             x, y = self.data.x, self.data.y
-        return np.asarray(self.model.responsibilities(self.params, x, y))
+        return np.asarray(self.model.responsibilities(self.params, self._new_x(x), y))
 
     def predict(self, x: Any, level: float | None = 0.95):
         """Predictions at new inputs: gate probabilities, expert means or class probabilities, the
@@ -128,7 +130,7 @@ class FitResult:
         :param level: coverage of the prediction interval in (0, 1), or None for none.
         """
         self._need("predict")
-        return self.model.predict(self.params, x, interval=level)
+        return self.model.predict(self.params, self._new_x(x), interval=level)
 
     def pointwise_log_likelihood(self, x: Any = None, y: Any = None) -> np.ndarray:
         r""":math:`\log p(y_i | x_i, \hat\theta)`, (n,).
@@ -141,7 +143,14 @@ class FitResult:
             raise ValueError("`x` and `y` must be given together (or neither, for the fit's data)")
         if x is None:
             x, y = self.data.x, self.data.y
-        return np.asarray(self.model.log_likelihood(self.params, x, y))
+        return np.asarray(self.model.log_likelihood(self.params, self._new_x(x), y))
+
+    def _new_x(self, x: Any) -> Any:
+        """New inputs checked against the training columns (a formula model's design does this
+        itself): a DataFrame with other column names is an error naming them."""
+        if getattr(self.model, "design", None) is not None or self.data is None:
+            return x
+        return check_columns(x, self.data.feature_names)
 
     # ------------------------------------------------------------------ files
     def save(self, path) -> None:
