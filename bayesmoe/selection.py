@@ -9,9 +9,11 @@ r"""Choosing the number of experts: information criteria, slope heuristics, PSIS
 * ``"loo"``: NUTS per K (:func:`bayesmoe.sample`) and ``arviz.compare`` (PSIS-LOO, higher ELPD better).
 
 :func:`select_n_experts` fits every K and returns a :class:`Selection`; :func:`select` does the
-choosing alone from fits already made; :func:`plot_selection` draws the criteria against K and the
-slope-heuristic diagnostics. :func:`detect_blocks` finds block-diagonal covariance structures of x
-(connected components of the thresholded absolute correlation graph) for ``Gaussian(covariance="block")``.
+choosing alone from fits already made; :func:`select_models` chooses among any labelled collection
+of fits (e.g. the joint grid of K, degree and block structure, by the slope heuristic);
+:func:`plot_selection` draws the criteria against K and the slope-heuristic diagnostics.
+:func:`detect_blocks` finds block-diagonal covariance structures of x (connected components of the
+thresholded absolute correlation graph) for ``Gaussian(covariance="block")``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from bayesmoe._slope import SlopeHeuristic, ddse, djump, slope_heuristic
 from bayesmoe._validation import check_bool
 
 __all__ = ["CRITERIA", "Selection", "SlopeHeuristic", "block_dims", "check_blocks", "ddse",
-           "detect_blocks", "djump", "plot_selection", "select", "select_n_experts", "slope_heuristic"]
+           "detect_blocks", "djump", "plot_selection", "select", "select_models", "select_n_experts",
+           "slope_heuristic"]
 
 #: criteria read from a point fit (smaller is better)
 INFO_CRITERIA = ("bic", "icl", "aic")
@@ -96,10 +99,10 @@ def _is_datatree(obj: Any) -> bool:
 
 
 # ----------------------------------------------------------------------------- selection from fits
-def _info_table(fits: Mapping[int, Any]):
+def _info_table(fits: Mapping[Any, Any], dim: str = "n_experts", keys: list | None = None):
     import xarray as xr  # noqa: PLC0415
 
-    ks = sorted(fits)
+    ks = sorted(fits) if keys is None else keys
     ll = np.array([fits[k].log_likelihood for k in ks], float)
     n = np.array([fits[k].n_obs for k in ks], float)
     data = {"log_likelihood": ll,
@@ -108,7 +111,7 @@ def _info_table(fits: Mapping[int, Any]):
             "aic": np.array([fits[k].aic for k in ks], float),
             "bic": np.array([fits[k].bic for k in ks], float),
             "icl": np.array([fits[k].icl for k in ks], float)}
-    ds = xr.Dataset({k: ("n_experts", v) for k, v in data.items()}, coords={"n_experts": ks})
+    ds = xr.Dataset({k: (dim, v) for k, v in data.items()}, coords={dim: ks})
     ds["contrast"].attrs["description"] = "-log_likelihood / n (the slope heuristic's contrast)"
     return ds
 
@@ -182,6 +185,49 @@ def select(fits: Mapping[int, Any], criterion: str = "bic", *, posteriors: Mappi
         best = int(cmp.index[0])
     return Selection(best=int(best), criterion=criterion, fits=dict(fits), table=table, slope=slope,
                      compare=cmp, posteriors=dict(posteriors) if posteriors is not None else None)
+
+
+def select_models(fits: Mapping[Any, Any], criterion: str = "bic", **slope_kwargs) -> Selection:
+    """Choose among any collection of point fits (e.g. the joint grid of K, expert degree and gate
+    block structure of BLoMPE), by an information criterion or the slope heuristic.
+
+    :param fits: ``{label: FitResult}``, the labels any hashable values (strings, tuples such as
+        ``(K, degree, blocks)``); all fits on the same data.
+    :param criterion: ``"bic"``, ``"icl"``, ``"aic"``, ``"djump"`` or ``"ddse"`` (the slope heuristic
+        on ``-log_likelihood / n`` against ``n_params``; models of equal dimension keep the best).
+    :param slope_kwargs: passed to :func:`slope_heuristic`.
+    :returns: a :class:`Selection` whose ``best`` is the chosen label and whose ``table`` has the dim
+        ``model`` (coords: the labels as strings, in the order given).
+    """
+    criterion = _check_criterion(criterion)
+    if criterion == "loo":
+        raise ValueError("`criterion`: 'loo' needs posterior draws; use select(fits, 'loo', "
+                         "posteriors=...) or select_n_experts(..., criterion='loo')")
+    if not isinstance(fits, Mapping) or not fits:
+        raise ValueError("`fits` must be a non-empty dict {label: FitResult}")
+    labels = list(fits)
+    for k in labels:
+        if _is_datatree(fits[k]) or not hasattr(fits[k], "log_likelihood"):
+            raise ValueError(f"`fits[{k!r}]` must be a FitResult (bm.fit_mle / bm.fit_map), got "
+                             f"{type(fits[k]).__name__}")
+    if len({fits[k].n_obs for k in labels}) > 1:
+        raise ValueError("`fits` must all be fitted on the same data (their n_obs differ)")
+    names = [str(k) for k in labels]
+    if len(set(names)) != len(names):
+        raise ValueError("`fits` labels must have distinct string forms")
+    table = _info_table({str(k): fits[k] for k in labels}, "model", names)
+    slope = None
+    if criterion in INFO_CRITERIA:
+        values = table[criterion].values
+        if not np.any(np.isfinite(values)):
+            raise ValueError(f"criterion {criterion!r} is not finite for any model")
+        best = labels[int(np.nanargmin(np.where(np.isfinite(values), values, np.nan)))]
+    else:
+        slope = slope_heuristic(table["contrast"].values, table["n_params"].values, method=criterion,
+                                **slope_kwargs)
+        table["slope_criterion"] = ("model", slope.criterion)
+        best = labels[slope.selected]
+    return Selection(best=best, criterion=criterion, fits=dict(fits), table=table, slope=slope)
 
 
 # ----------------------------------------------------------------------------- fitting every K
@@ -274,7 +320,10 @@ def plot_selection(result: Selection, *, criteria: Iterable[str] | None = None, 
     if not isinstance(result, Selection):
         raise ValueError(f"`result` must be a Selection, got {type(result).__name__}")
     tab = result.table
-    ks = np.asarray(tab["n_experts"].values)
+    dim = "n_experts" if "n_experts" in tab.dims else "model"
+    labels = list(tab[dim].values)
+    ks = np.asarray(labels) if dim == "n_experts" else np.arange(len(labels))
+    best_x = result.best if dim == "n_experts" else labels.index(str(result.best))
     n_panels = 3 if result.slope is not None else 1
     if axes is None:
         fig, axs = plt.subplots(1, n_panels, figsize=(4.5 * n_panels, 3.6), squeeze=False)
@@ -295,10 +344,12 @@ def plot_selection(result: Selection, *, criteria: Iterable[str] | None = None, 
     if criteria is None and "slope_criterion" in tab and "log_likelihood" in tab:
         n = float(-tab["log_likelihood"].values[0] / tab["contrast"].values[0])
         ax.plot(ks, 2 * n * tab["slope_criterion"].values, "^--", label=f"2n x {result.criterion}")
-    ax.axvline(result.best, color="0.5", ls=":", lw=1)
-    ax.set_xlabel("number of experts K")
+    ax.axvline(best_x, color="0.5", ls=":", lw=1)
+    if dim == "model":
+        ax.set_xticks(ks, labels, rotation=45, ha="right", fontsize="small")
+    ax.set_xlabel("number of experts K" if dim == "n_experts" else "model")
     ax.set_ylabel("criterion (smaller is better)")
-    ax.set_title(f"chosen K = {result.best} ({result.criterion})")
+    ax.set_title(f"chosen {'K' if dim == 'n_experts' else 'model'} = {result.best} ({result.criterion})")
     ax.legend(fontsize="small")
     if result.slope is not None:
         _plot_slope(result.slope, axs[1], axs[2])

@@ -198,3 +198,37 @@ def test_select_bad_input(bic_runs):
         bm.selection.select(bic_runs[0].fits, "loo")
     with pytest.raises(ValueError, match=r"`posteriors\[1\]`.*posterior"):
         bm.selection.select(bic_runs[0].fits, "loo", posteriors={1: bic_runs[0].fits[1]})
+
+
+def _fake_fit(ll, k, n=100, icl=None):
+    """A FitResult built by hand (criteria by their textbook formulas)."""
+    return bm.FitResult(params={}, log_likelihood=ll, log_posterior=ll, n_params=k, n_obs=n,
+                        aic=-2 * ll + 2 * k, bic=-2 * ll + k * np.log(n),
+                        icl=(-2 * ll + k * np.log(n)) if icl is None else icl, converged=True, n_steps=1,
+                        start_log_likelihoods=np.array([ll]), method="lbfgs", prior=False)
+
+
+def test_select_models_over_a_labelled_grid():
+    import matplotlib.pyplot as plt
+
+    # (K, blocks) grid: by hand, BIC = -2 ll + k log(100)
+    fits = {(1, "diag"): _fake_fit(-300.0, 5), (2, "diag"): _fake_fit(-200.0, 11),
+            (2, "full"): _fake_fit(-197.0, 13), (3, "full"): _fake_fit(-189.0, 20)}
+    bic = {k: 2 * -f.log_likelihood + f.n_params * np.log(100) for k, f in fits.items()}
+    res = bm.selection.select_models(fits, "bic")
+    assert res.best == min(bic, key=bic.get) == (2, "diag")
+    tab = res.table.to_pandas()
+    assert list(tab.index) == [str(k) for k in fits]
+    np.testing.assert_allclose(tab["bic"], list(bic.values()))
+    aic = {k: 2 * -f.log_likelihood + 2 * f.n_params for k, f in fits.items()}
+    assert bm.selection.select_models(fits, "aic").best == min(aic, key=aic.get) == (3, "full")
+    dj = bm.selection.select_models(fits, "djump")
+    g = np.array([-f.log_likelihood / 100 for f in fits.values()])
+    d = np.array([f.n_params for f in fits.values()], float)
+    assert dj.best == list(fits)[int(np.argmin(g + dj.slope.constant * d))]
+    fig = bm.plot_selection(res)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="'loo' needs posterior"):
+        bm.selection.select_models(fits, "loo")
+    with pytest.raises(ValueError, match="same data"):
+        bm.selection.select_models({1: _fake_fit(-3.0, 2, n=10), 2: _fake_fit(-3.0, 2, n=11)})
