@@ -47,7 +47,8 @@ class SlopeHeuristic(NamedTuple):
     :ivar dims: the penalty shapes given (float array).
     :ivar diagnostics: what the plots need. Djump: ``kappa_path`` (breakpoints, increasing),
         ``dim_path`` (the selected dimension just after each breakpoint), ``dim_start`` (the
-        dimension selected at kappa = 0+), ``jump`` (index of the largest jump). DDSE: ``start_dims``
+        dimension selected at kappa = 0+), ``jump`` (index of the largest jump; -1 and kappa = 0 when
+        the simplest model has the smallest contrast). DDSE: ``start_dims``
         (the p of every regression), ``slopes``, ``intercepts``, ``selected_path`` (index of
         :math:`\\hat m(p)`), ``plateau`` ((first, last) index into ``start_dims``),
         ``slope_interval`` (min, max slope over the plateau).
@@ -125,10 +126,13 @@ def djump(contrasts: Any, dims: Any, *, scoef: float = 2.0) -> SlopeHeuristic:
     idx = _unique_best(g_all, d_all)
     g, dm = g_all[idx], d_all[idx]
     start, kappas, nxt = _path(g, dm)
-    dims_before = np.concatenate([[dm[start]], dm[nxt[:-1]]])
-    jumps = dims_before - dm[nxt]
-    jump = int(np.argmax(jumps))  # the first (smallest kappa) among equal largest jumps
-    kappa = float(kappas[jump])
+    if kappas.size == 0:  # the simplest model already has the smallest contrast: no jump at all
+        jump, kappa = -1, 0.0
+    else:
+        dims_before = np.concatenate([[dm[start]], dm[nxt[:-1]]])
+        jumps = dims_before - dm[nxt]
+        jump = int(np.argmax(jumps))  # the first (smallest kappa) among equal largest jumps
+        kappa = float(kappas[jump])
     return _result("djump", kappa, scoef, g_all, d_all,
                    {"kappa_path": kappas, "dim_path": dm[nxt], "dim_start": float(dm[start]),
                     "jump": jump})

@@ -232,3 +232,9 @@ def test_select_models_over_a_labelled_grid():
         bm.selection.select_models(fits, "loo")
     with pytest.raises(ValueError, match="same data"):
         bm.selection.select_models({1: _fake_fit(-3.0, 2, n=10), 2: _fake_fit(-3.0, 2, n=11)})
+
+
+def test_no_jump_when_the_simplest_model_is_best():
+    res = sel.djump([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
+    assert (res.kappa, res.selected, res.diagnostics["jump"]) == (0.0, 0, -1)
+    assert sel.ddse([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]).selected == 0
