@@ -347,6 +347,8 @@ def plot_selection(result: Selection, *, criteria: Iterable[str] | None = None, 
     ax.axvline(best_x, color="0.5", ls=":", lw=1)
     if dim == "model":
         ax.set_xticks(ks, labels, rotation=45, ha="right", fontsize="small")
+    else:
+        ax.set_xticks(ks)
     ax.set_xlabel("number of experts K" if dim == "n_experts" else "model")
     ax.set_ylabel("criterion (smaller is better)")
     ax.set_title(f"chosen {'K' if dim == 'n_experts' else 'model'} = {result.best} ({result.criterion})")
@@ -377,6 +379,9 @@ def _plot_slope(sh: SlopeHeuristic, ax_c, ax_k) -> None:
         steps_k = np.concatenate([[0.0], kp, [kp.max() * 1.2 if kp.size and kp.max() > 0 else 1.0]])
         steps_d = np.concatenate([[diag["dim_start"]], diag["dim_path"], [diag["dim_path"][-1]
                                                                           if kp.size else diag["dim_start"]]])
+        if kp.size and kp.min() > 0:  # breakpoints span decades: a log axis from below the first
+            steps_k[0] = kp.min() / 3
+            ax_k.set_xscale("log")
         ax_k.step(steps_k, steps_d, where="post")
         ax_k.axvline(sh.kappa, color="C3", ls="--", label=f"largest jump, kappa = {sh.kappa:.3g}")
         ax_k.axvline(sh.constant, color="C2", ls=":", label=f"penalty constant {sh.constant:.3g}")
