@@ -30,9 +30,12 @@ _LAZY = {
     "set_compilation_cache": "bayesmoe._cache",
     "SamplerWarning": "bayesmoe.inference.diagnostics",
     "FitWarning": "bayesmoe.inference.result",
+    "select_n_experts": "bayesmoe.selection",
+    "slope_heuristic": "bayesmoe.selection",
+    "plot_selection": "bayesmoe.selection",
 }
-_SUBMODULES = ("datasets", "experts", "family", "formula", "gates", "metrics", "priors", "plots", "inference",
-               "nn")
+_SUBMODULES = ("datasets", "experts", "family", "formula", "gates", "gllim", "metrics", "priors", "plots",
+               "inference", "nn", "selection")
 
 
 def __getattr__(name: str):
@@ -67,6 +70,6 @@ def relabel(idata, method: str = "ecr", **kwargs):
 __all__ = ["Expert", "FitData", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param",
            "Prediction",
            "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "formula", "gates", "metrics", "nn", "plots", "posterior_predictive", "predict",
-           "priors", "relabel", "sample", "to_datatree",
-           "set_compilation_cache", "set_host_device_count"]
+           "fit_mle", "formula", "gates", "gllim", "metrics", "nn", "plot_selection", "plots",
+           "posterior_predictive", "predict", "priors", "relabel", "sample", "select_n_experts", "selection",
+           "set_compilation_cache", "set_host_device_count", "slope_heuristic", "to_datatree"]

@@ -201,20 +201,52 @@ class Gaussian(Gate):
     (K, simplex), ``gate_loc`` (K, d), ``gate_scale`` (K, d; standard deviations);
     ``covariance="full"`` adds ``gate_corr_chol`` (K, d, d; Cholesky factors of the correlation
     matrices, LKJ prior) and exposes the deterministic ``gate_cov`` (K, d, d) = diag(s) L L^T diag(s).
+    ``covariance="block"`` with ``blocks`` (a partition of the features, e.g. ``((0, 1), (2,))``)
+    gives block-diagonal covariances (BLoMPE, arXiv 2104.08959): one ``gate_corr_chol_<g>``
+    (K, |B_g|, |B_g|) per block of two or more features, so a covariance has
+    :math:`\sum_g |B_g|(|B_g|+1)/2` free entries; candidate ``blocks`` come from
+    :func:`bayesmoe.selection.detect_blocks`.
     Parameters given with ``gate_cov`` alone are accepted and converted. Reference: arXiv 2305.07572
     (GLLiM forward conditional); ``MoE(..., joint=True)`` adds
     :math:`\log p(x) = \log\sum_k \pi_k N(x|c_k,\Gamma_k)` and has a closed-form EM M-step.
     """
 
     covariance: str = "diag"
+    blocks: tuple | None = None
     models_x: ClassVar[bool] = True
 
     def __post_init__(self):
-        if self.covariance not in ("diag", "full"):
-            raise ValueError(f"`covariance` must be 'diag' or 'full', got {self.covariance!r}")
+        if self.covariance not in ("diag", "full", "block"):
+            raise ValueError(f"`covariance` must be 'diag', 'full' or 'block', got {self.covariance!r}")
+        if self.covariance == "block":
+            if self.blocks is None:
+                raise ValueError("`blocks` is required with covariance='block' (a partition of the "
+                                 "features, e.g. ((0, 1), (2,)); see bm.selection.detect_blocks)")
+            from bayesmoe._blocks import check_blocks  # noqa: PLC0415
+
+            object.__setattr__(self, "blocks", check_blocks(self.blocks, None, "blocks"))
+        elif self.blocks is not None:
+            raise ValueError(f"`blocks` is only used with covariance='block', got covariance="
+                             f"{self.covariance!r}")
 
     def __repr__(self) -> str:
+        if self.covariance == "block":
+            return f"Gaussian(covariance='block', blocks={self.blocks!r})"
         return f"Gaussian(covariance={self.covariance!r})"
+
+    def _corr_blocks(self) -> list[tuple[int, tuple[int, ...]]]:
+        """(g, block) for the blocks with a correlation factor (two or more features)."""
+        return [(g, b) for g, b in enumerate(self.blocks or ()) if len(b) > 1]
+
+    def sizes(self, K: int, d: int) -> dict[str, int]:
+        out = super().sizes(K, d)
+        if self.covariance == "block":
+            m = sum(len(b) for b in self.blocks)
+            if int(d) != m:
+                raise ValueError(f"`blocks` partition {m} features but x has {d} columns: the blocks "
+                                 "must partition the features of x")
+            out.update({f"b{g}": len(b) for g, b in enumerate(self.blocks)})
+        return out
 
     @property
     def label(self) -> str:
@@ -233,6 +265,10 @@ class Gaussian(Gate):
             table += (Param("gate_corr_chol", ("K", "d", "d"), ("expert", "feature", "feature_bis"),
                             constraints.corr_cholesky,
                             lambda s, z: dist.LKJCholesky(z["d"], 2.0)),)
+        for g, _ in self._corr_blocks():
+            table += (Param(f"gate_corr_chol_{g}", ("K", f"b{g}", f"b{g}"),
+                            ("expert", f"block{g}", f"block{g}_bis"), constraints.corr_cholesky,
+                            lambda s, z, g=g: dist.LKJCholesky(z[f"b{g}"], 2.0)),)
         return table
 
     def x_affine(self, d: int) -> bool:
@@ -240,35 +276,65 @@ class Gaussian(Gate):
 
     def coords(self, names):
         out = super().coords(names)
-        if self.covariance == "full":
+        if self.covariance in ("full", "block"):
             out["feature_bis"] = list(names)
+        for g, b in self._corr_blocks():
+            out[f"block{g}"] = [names[i] for i in b] if len(names) > max(b) else list(b)
+            out[f"block{g}_bis"] = out[f"block{g}"]
         return out
 
+    def _block_sites(self) -> list[str]:
+        return [f"gate_corr_chol_{g}" for g, _ in self._corr_blocks()]
+
     def canonical(self, params: Params) -> Params:
-        """Accept ``gate_cov`` in place of ``gate_scale`` + ``gate_corr_chol`` (full covariance)."""
-        if (self.covariance == "full" and "gate_cov" in params
-                and ("gate_scale" not in params or "gate_corr_chol" not in params)):
+        """Accept ``gate_cov`` in place of ``gate_scale`` + the correlation factors (full or block
+        covariance; for blocks only the entries inside the blocks are read)."""
+        corr_sites = ["gate_corr_chol"] if self.covariance == "full" else self._block_sites()
+        if (self.covariance in ("full", "block") and "gate_cov" in params
+                and ("gate_scale" not in params or any(c not in params for c in corr_sites))):
             cov = jnp.asarray(params["gate_cov"], jnp.result_type(float))
             sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
-            corr = jnp.linalg.cholesky(cov / (sd[..., :, None] * sd[..., None, :]))
-            params = {**params, "gate_scale": sd, "gate_corr_chol": corr}
+            corr = cov / (sd[..., :, None] * sd[..., None, :])
+            params = {**params, "gate_scale": sd}
+            if self.covariance == "full":
+                params["gate_corr_chol"] = jnp.linalg.cholesky(corr)
+            for g, b in self._corr_blocks():
+                ix = jnp.asarray(b)
+                params[f"gate_corr_chol_{g}"] = jnp.linalg.cholesky(corr[..., ix[:, None], ix[None, :]])
         return params
 
+    def _corr_chol(self, params: Params) -> jnp.ndarray | None:
+        """The Cholesky factor of the correlation matrices (..., d, d); None when diagonal. For blocks
+        (each sorted) the factors placed on their blocks are lower triangular: the Cholesky factor of
+        the block-diagonal correlation matrix."""
+        if self.covariance == "full":
+            return jnp.asarray(params["gate_corr_chol"])
+        if self.covariance != "block":
+            return None
+        scale = jnp.asarray(params["gate_scale"])
+        d = scale.shape[-1]
+        out = jnp.broadcast_to(jnp.eye(d, dtype=scale.dtype), scale.shape + (d,))
+        for g, b in self._corr_blocks():
+            ix = jnp.asarray(b)
+            out = out.at[..., ix[:, None], ix[None, :]].set(jnp.asarray(params[f"gate_corr_chol_{g}"],
+                                                                         scale.dtype))
+        return out
+
     def derived(self, params: Params) -> Params:
-        if self.covariance != "full":
+        if self.covariance == "diag":
             return {}
-        tril = _math.gaussian_tril(params["gate_scale"], params["gate_corr_chol"])
+        tril = _math.gaussian_tril(params["gate_scale"], self._corr_chol(params))
         return {"gate_cov": tril @ jnp.swapaxes(tril, -1, -2)}
 
     def derived_dims(self):
-        return {"gate_cov": ("expert", "feature", "feature_bis")} if self.covariance == "full" else {}
+        return {} if self.covariance == "diag" else {"gate_cov": ("expert", "feature", "feature_bis")}
 
     def _tril(self, params: Params) -> jnp.ndarray | None:
         """Cholesky factor of the full covariances (from the sites, or from ``gate_cov``)."""
-        if self.covariance != "full":
+        if self.covariance == "diag":
             return None
-        if "gate_scale" in params and "gate_corr_chol" in params:
-            return _math.gaussian_tril(params["gate_scale"], params["gate_corr_chol"])
+        if "gate_scale" in params and ("gate_corr_chol" in params or self.covariance == "block"):
+            return _math.gaussian_tril(params["gate_scale"], self._corr_chol(params))
         return jnp.linalg.cholesky(jnp.asarray(params["gate_cov"]))
 
     def log_components(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
@@ -323,6 +389,16 @@ class Gaussian(Gate):
             corr = jnp.linalg.cholesky(cov / (sd[..., :, None] * sd[..., None, :]))
             out["gate_scale"] = jnp.where(alive[:, None], sd, params["gate_scale"])
             out["gate_corr_chol"] = jnp.where(alive[:, None, None], corr, params["gate_corr_chol"])
+        elif self.covariance == "block":  # the full weighted covariance restricted to each block
+            cov = jnp.einsum("nk,nka,nkb->kab", r, diff, diff) / safe[:, None, None]
+            cov = cov + jnp.diag(floor2)
+            sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))
+            out["gate_scale"] = jnp.where(alive[:, None], sd, params["gate_scale"])
+            for g, b in self._corr_blocks():
+                ix = jnp.asarray(b)
+                sub = cov[:, ix[:, None], ix[None, :]] / (sd[:, ix, None] * sd[:, None, ix])
+                site = f"gate_corr_chol_{g}"
+                out[site] = jnp.where(alive[:, None, None], jnp.linalg.cholesky(sub), params[site])
         else:
             var = jnp.einsum("nk,nka->ka", r, diff**2) / safe[:, None]
             scale = jnp.sqrt(jnp.maximum(var, floor2))

@@ -43,6 +43,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bayesmoe._kl import Divergence, jensen_kl, kl_conditional  # noqa: F401 -- Monte-Carlo KL (GLoME)
 from bayesmoe._validation import is_traced
 
 __all__ = ["voronoi_cells", "voronoi_loss"]
