@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHELL := /bin/bash
 
-.PHONY: venv test demo lint clean
+.PHONY: venv test test-fast docs demo lint clean
 
 # Find the newest Python >= 3.12: plain names first, then pyenv's own versions.
 define FIND_PYTHON
@@ -33,11 +33,23 @@ $(VENV)/.installed: pyproject.toml
 venv: $(VENV)/.installed
 
 # The Flax layer's tests and the statistical tests run in separate processes: a long single process
-# that ran both hit segmentation faults inside XLA (see docs/performance.md).
+# that ran both hit segmentation faults inside XLA (see docs/performance.md). The statistical tests
+# run on two pytest-xdist workers (one per core on CI; whole files per worker).
+PYTEST_WORKERS ?= 2
 test: venv
-	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks
+	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks docs
 	MPLBACKEND=Agg $(PY) -m pytest -q tests/nn
-	MPLBACKEND=Agg $(PY) -m pytest -q tests --ignore=tests/nn
+	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests --ignore=tests/nn
+
+# The quick subset (< 3 min): everything but the tests marked slow.
+test-fast: venv
+	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks docs
+	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" tests
+
+# The documentation site (mkdocs-material + mkdocstrings), API pages generated from __all__.
+docs: venv
+	$(PY) docs/_make_api.py >/dev/null
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir out/site
 
 demo: venv
 	MPLBACKEND=Agg $(PY) examples/quickstart.py
