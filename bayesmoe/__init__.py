@@ -26,8 +26,10 @@ _LAZY = {
     "set_compilation_cache": "bayesmoe._cache",
     "SamplerWarning": "bayesmoe.inference.diagnostics",
     "FitWarning": "bayesmoe.inference.result",
+    "convergence_rate": "bayesmoe.experiments",
+    "plot_convergence": "bayesmoe.experiments",
 }
-_SUBMODULES = ("datasets", "experts", "family", "gates", "metrics", "priors", "plots", "inference", "nn")
+_SUBMODULES = ("datasets", "experiments", "experts", "family", "gates", "metrics", "priors", "plots", "inference", "nn")
 
 
 def __getattr__(name: str):
@@ -60,6 +62,7 @@ def relabel(idata, method: str = "ecr", **kwargs):
 
 
 __all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
-           "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
+           "SamplerWarning", "Simulation", "convergence_rate", "datasets", "enable_x64", "experiments",
+           "experts", "family", "fit_map",
+           "fit_mle", "gates", "metrics", "nn", "plot_convergence", "plots", "priors", "relabel", "sample",
            "set_compilation_cache", "set_host_device_count"]

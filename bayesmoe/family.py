@@ -463,6 +463,17 @@ class Family(abc.ABC):
         the cell's rbar) or a fixed number; singleton cells use first powers."""
         return {}
 
+    def take_atoms(self, params: Params, index) -> Params:
+        """The family's sites with the expert axis indexed by ``index`` (copies or a subset of atoms;
+        derived sites are recomputed)."""
+        out = dict(params)
+        for p in self.param_table():
+            if p.name in params and "expert" in p.dims:
+                v = jnp.asarray(params[p.name])
+                out[p.name] = jnp.take(v, jnp.asarray(index), axis=v.ndim - len(p.dims) + p.dims.index("expert"))
+        out.update(self.derived(out))
+        return out
+
     # ------------------------------------------------------------------ generic EM pieces
     @abc.abstractmethod
     def em_objective(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
@@ -569,6 +580,11 @@ class Gate(Family):
     def voronoi_weights(self, params: Params) -> jnp.ndarray:
         """The atoms' masses in the mixing measure, (..., K)."""
         raise NotImplementedError(f"{self!r} defines no Voronoi weights (voronoi_weights)")
+
+    def scale_masses(self, params: Params, factor) -> Params:
+        """The gate's sites with each atom's mixing mass multiplied by ``factor`` (K,) (e.g. a true
+        atom's mass shared among its copies when building over-fitted starts)."""
+        raise NotImplementedError(f"{self!r} defines no mixing masses (scale_masses)")
 
     def voronoi_cell_orders(self, true_params: Params, orders: Mapping) -> dict[str, tuple]:
         r"""Per true atom j, the exponent of each block in an over-fitted cell :math:`A_j`, as

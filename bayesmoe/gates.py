@@ -84,6 +84,10 @@ class _LinearSoftmax(Gate):
     def voronoi_atoms(self, params):
         return {"beta1": jnp.asarray(params["gate_coef"])}
 
+    def scale_masses(self, params, factor):
+        """Masses exp(beta0) times factor: beta0 + log(factor)."""
+        return {**params, "gate_intercept": jnp.asarray(params["gate_intercept"]) + jnp.log(factor)}
+
     def voronoi_orders(self):
         return {"beta1": "r"}
 
@@ -324,6 +328,10 @@ class Gaussian(Gate):
 
     def voronoi_orders(self):
         return {"c": "r", "Gamma": "r/2"}
+
+    def scale_masses(self, params, factor):
+        """Masses pi times factor (a factor keeping the total 1 keeps a simplex)."""
+        return {**params, "gate_weight": jnp.asarray(params["gate_weight"]) * jnp.asarray(factor)}
 
     def voronoi_cell_orders(self, true_params, orders):
         r"""The two regimes of arXiv 2305.07572: in an over-fitted cell of a true atom with
