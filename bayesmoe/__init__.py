@@ -29,7 +29,8 @@ _LAZY = {
     "convergence_rate": "bayesmoe.experiments",
     "plot_convergence": "bayesmoe.experiments",
 }
-_SUBMODULES = ("datasets", "experiments", "experts", "family", "gates", "metrics", "priors", "plots", "inference", "nn")
+_SUBMODULES = ("datasets", "experiments", "experts", "family", "gates", "metrics", "priors", "plots",
+               "inference", "nn")
 
 
 def __getattr__(name: str):

@@ -470,7 +470,8 @@ class Family(abc.ABC):
         for p in self.param_table():
             if p.name in params and "expert" in p.dims:
                 v = jnp.asarray(params[p.name])
-                out[p.name] = jnp.take(v, jnp.asarray(index), axis=v.ndim - len(p.dims) + p.dims.index("expert"))
+                axis = v.ndim - len(p.dims) + p.dims.index("expert")
+                out[p.name] = jnp.take(v, jnp.asarray(index), axis=axis)
         out.update(self.derived(out))
         return out
 
