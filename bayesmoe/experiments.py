@@ -12,10 +12,11 @@ arXiv 2305.07572; arXiv 2310.14188).
 
 **Near-true starts** (``init="near_true"``, as in the published simulations of arXiv 2305.03288): the
 true atoms, over-fitted true atoms split into copies sharing their mass (the extra copies go to true
-atoms 0, 1, ... in turn, ahead of the reference atom), then perturbed: real gate sites by
-:math:`N(0, (0.005\,n^{-0.083})^2)`, real expert sites by :math:`N(0, (0.05\,n^{-0.083})^2)`, and the
-variances of positive (scale) sites increased by :math:`|N(0, (0.005\,n^{-0.25})^2)|`; simplex sites
-(mixing weights) are multiplied by :math:`\exp N(0, (0.005\,n^{-0.083})^2)` and renormalised.
+atoms 0, 1, ..., K*-2 in turn: the last, reference atom of a softmax gate stays single), then
+perturbed: real gate sites by :math:`N(0, (0.005\,n^{-0.083})^2)`, real expert sites by
+:math:`N(0, (0.05\,n^{-0.083})^2)`, and the variances of positive (scale) sites increased by
+:math:`|N(0, (0.005\,n^{-0.25})^2)|`; simplex sites (mixing weights) are multiplied by
+:math:`\exp N(0, (0.005\,n^{-0.083})^2)` and renormalised.
 ``init="data"`` uses the package's data-driven starts (k-means soft partitions).
 """
 
@@ -49,25 +50,36 @@ NOISE_EXPONENTS = (-0.083, -0.083, -0.25)
 
 # ----------------------------------------------------------------------------- starts
 def _split_index(k_fit: int, k_true: int) -> np.ndarray:
-    """Which true atom each fitted atom copies: extra copies for atoms 0, 1, ... placed ahead of the
-    originals (so the last fitted atom copies the true reference atom), e.g. K=4, K*=3: [0, 0, 1, 2]."""
-    return np.sort(np.arange(k_fit) % k_true)
+    """Which true atom each fitted atom copies: the extra copies go to atoms 0, 1, ..., K*-2 in turn
+    (never to the last, the gate's reference atom, unless K* = 1), placed beside the original, so the
+    last fitted atom is the true reference atom alone; e.g. K=4, K*=3: [0, 0, 1, 2]."""
+    extra = np.arange(k_fit - k_true) % max(k_true - 1, 1)
+    return np.sort(np.concatenate([np.arange(k_true), extra]))
 
 
-def _perturb(fam, params: dict, rng: np.random.Generator, sd_real: float, sd_gate: float,
+def _perturb(fam, params: dict, rng: np.random.Generator, n_starts: int, sd_real: float, sd_gate: float,
              sd_var: float) -> dict:
-    out = dict(params)
+    """``n_starts`` perturbed copies of the family's sites (leading axis of starts)."""
+    out = {}
     for p in fam.param_table():
         if p.name not in params:
             continue
         v = np.asarray(params[p.name], float)
+        v = np.broadcast_to(v, (n_starts,) + v.shape)
         if p.constraint is constraints.real:
-            out[p.name] = v + sd_real * rng.normal(size=v.shape)
+            e = sd_real * rng.normal(size=v.shape)
+            if p.reference:                           # reference entries stay at zero (the gauge)
+                idx = [slice(None)] * v.ndim
+                idx[v.ndim + p.ref_axis()] = -1
+                e[tuple(idx)] = 0.0
+            out[p.name] = v + e
         elif isinstance(p.constraint, type(constraints.positive)):
             out[p.name] = np.sqrt(v**2 + np.abs(sd_var * rng.normal(size=v.shape)))
         elif p.constraint is constraints.simplex:
             w = v * np.exp(sd_gate * rng.normal(size=v.shape))
             out[p.name] = w / w.sum(-1, keepdims=True)
+        else:
+            out[p.name] = v
     return out
 
 
@@ -88,17 +100,16 @@ def near_true_starts(model: MoE, true_params: Mapping, n: int, n_starts: int,
     k_true = int(np.shape(gate.voronoi_weights(true_params))[-1])
     index = _split_index(model.n_experts, k_true)
     counts = np.bincount(index, minlength=k_true)[index].astype(float)
-    base = gate.take_atoms(dict(true_params), index)
-    base = gate.scale_masses(base, 1.0 / counts)
-    base.update(expert.take_atoms(dict(true_params), index))
+    base = expert.take_atoms(gate.scale_masses(gate.take_atoms(dict(true_params), index), 1.0 / counts),
+                             index)
     base = {k: np.asarray(v, float) for k, v in model.regauge(base).items()}
     sd_g, sd_e, sd_v = (s * float(n) ** e for s, e in zip(noise, exponents, strict=True))
-    starts = []
-    for _ in range(n_starts):
-        s = _perturb(gate, base, rng, sd_g, sd_g, sd_v)
-        s = _perturb(expert, s, rng, sd_e, sd_g, sd_v)
-        starts.append({k: np.asarray(v) for k, v in model.regauge(s).items()})
-    return {k: np.stack([s[k] for s in starts]) for k in starts[0]}
+    gate_sites = {p.name for p in gate.param_table()}
+    starts = _perturb(gate, {k: v for k, v in base.items() if k in gate_sites}, rng, n_starts,
+                      sd_g, sd_g, sd_v)
+    starts.update(_perturb(expert, {k: v for k, v in base.items() if k not in gate_sites}, rng, n_starts,
+                           sd_e, sd_g, sd_v))
+    return {k: np.asarray(v) for k, v in model.regauge(starts).items()}
 
 
 # ----------------------------------------------------------------------------- fits
@@ -299,8 +310,9 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
         floors = [fit_model.floors(xs[r], y_np[r], float(scale_floor)) for r in range(n_reps)]
         floors = {k: jnp.asarray(np.stack([np.asarray(f[k]) for f in floors]), dtype) for k in floors[0]}
         if init == "near_true":
-            starts = [near_true_starts(fit_model, truth, int(n), n_starts, rng) for _ in range(n_reps)]
-            starts = {k: jnp.asarray(np.stack([s[k] for s in starts]), dtype) for k in starts[0]}
+            starts = near_true_starts(fit_model, truth, int(n), n_reps * n_starts, rng)
+            starts = {k: jnp.asarray(v.reshape((n_reps, n_starts) + v.shape[1:]), dtype)
+                      for k, v in starts.items()}
         else:
             from bayesmoe.inference.init import data_starts  # noqa: PLC0415
             per = [data_starts(fit_model, xj[r], yj[r], n_starts, rng,
