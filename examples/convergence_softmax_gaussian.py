@@ -58,6 +58,7 @@ def main(argv=None):
     ap.add_argument("--over-reps", type=int, default=None, help="replications of the over-fit (paper: 40)")
     ap.add_argument("--starts", type=int, default=3, help="starts per over-fit replication (paper: 5)")
     ap.add_argument("--max-steps", type=int, default=2000, help="EM steps (paper: 2000)")
+    ap.add_argument("--only", choices=("exact", "over", "both"), default="both", help="which study to run")
     ap.add_argument("--out", default="out/convergence_softmax")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -70,44 +71,50 @@ def main(argv=None):
     starts = 2 if args.quick else args.starts
     exact_grid = [200, 1000, 5000] if args.quick else [100, 300, 1000, 3000, 10000, 30000, 100000]
     over_grid = [1000, 5000] if args.quick else [10000, 20000, 40000, 70000, 100000]
+    summary, exact, over, rates = {}, None, None, None
     t0 = time.perf_counter()
-    exact = bm.convergence_rate(model, truth, n_grid=exact_grid, n_reps=reps, x_sampler=design,
-                                max_steps=args.max_steps, seed=args.seed, quiet=args.quick)
+    if args.only in ("exact", "both"):
+        exact = bm.convergence_rate(model, truth, n_grid=exact_grid, n_reps=reps, x_sampler=design,
+                                    max_steps=args.max_steps, seed=args.seed, quiet=args.quick)
+        secs = time.perf_counter() - t0
+        summary["exact_K2"] = {"n": exact_grid, "mean_D1": exact["mean_loss"].values.tolist(),
+                               "slope": float(exact["slope"]), "slope_se": float(exact["slope_se"]),
+                               "published_slope": -0.64, "reps": reps, "seconds": secs}
+        print(f"exact fit K=2: D1 slope {float(exact['slope']):.3f} ± {float(exact['slope_se']):.3f}"
+              f" (published -0.64; {reps} replications, {secs:.0f} s)")
     t1 = time.perf_counter()
-    over = bm.convergence_rate(model, truth, n_grid=over_grid, n_reps=over_reps, n_experts_fit=3,
-                               n_starts=starts, max_steps=args.max_steps, x_sampler=design,
-                               seed=args.seed + 1, quiet=args.quick)
-    t2 = time.perf_counter()
-    rates = cell_rates(over, truth)
-    summary = {
-        "exact_K2": {"n": exact_grid, "mean_D1": exact["mean_loss"].values.tolist(),
-                     "slope": float(exact["slope"]), "slope_se": float(exact["slope_se"]),
-                     "published_slope": -0.64, "reps": reps, "seconds": t1 - t0},
-        "over_K3": {"n": over_grid, "mean_D2": over["mean_loss"].values.tolist(),
-                    "slope": float(over["slope"]), "slope_se": float(over["slope_se"]),
-                    "cell_rates": rates,
-                    "theory": {"beta1": -0.125, "b": -0.125, "a": -0.25, "sigma2": -0.25},
-                    "reps": over_reps, "starts": starts, "max_steps": args.max_steps,
-                    "steps_at_cap": float((over["n_steps"] >= args.max_steps).mean()), "seconds": t2 - t1},
-    }
-    ex = summary["exact_K2"]
-    print(f"exact fit K=2: D1 slope {ex['slope']:.3f} ± {ex['slope_se']:.3f}"
-          f" (published -0.64; {reps} replications, {t1 - t0:.0f} s)")
-    print(f"over-fit K=3: D2 slope {summary['over_K3']['slope']:.3f} ± {summary['over_K3']['slope_se']:.3f}"
-          f" ({over_reps} replications, {starts} starts, {t2 - t1:.0f} s)")
-    for b, r in rates.items():
-        print(f"  2-atom cell, |d {b}|: slope {r['slope']:.3f} (theory {summary['over_K3']['theory'][b]})")
+    if args.only in ("over", "both"):
+        over = bm.convergence_rate(model, truth, n_grid=over_grid, n_reps=over_reps, n_experts_fit=3,
+                                   n_starts=starts, max_steps=args.max_steps, x_sampler=design,
+                                   seed=args.seed + 1, quiet=args.quick)
+        secs = time.perf_counter() - t1
+        rates = cell_rates(over, truth)
+        summary["over_K3"] = {"n": over_grid, "mean_D2": over["mean_loss"].values.tolist(),
+                              "slope": float(over["slope"]), "slope_se": float(over["slope_se"]),
+                              "cell_rates": rates,
+                              "theory": {"beta1": -0.125, "b": -0.125, "a": -0.25, "sigma2": -0.25},
+                              "reps": over_reps, "starts": starts, "max_steps": args.max_steps,
+                              "steps_at_cap": float((over["n_steps"] >= args.max_steps).mean()),
+                              "seconds": secs}
+        print(f"over-fit K=3: D2 slope {float(over['slope']):.3f} ± {float(over['slope_se']):.3f}"
+              f" ({over_reps} replications, {starts} starts, {secs:.0f} s)")
+        for b, r in rates.items():
+            theory = summary['over_K3']['theory'][b]
+            print(f"  2-atom cell, |d {b}|: slope {r['slope']:.3f} (theory {theory})")
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
-    bm.plot_convergence(exact, axes[0], label="D1, exact fit K=2")
-    axes[0].set_title(f"softmax-gated Gaussian, exact fit ({reps} reps)")
-    bm.plot_convergence(over, axes[1], label="D2, over-fit K=3")
-    for b, r in rates.items():
-        axes[1].loglog(over_grid, r["mean"], ".-", lw=0.8, label=f"|d {b}| (slope {r['slope']:.2f})")
-    axes[1].legend(fontsize=7)
-    axes[1].set_title(f"over-fit K=3 ({over_reps} reps, {starts} starts)")
+    if exact is not None:
+        bm.plot_convergence(exact, axes[0], label="D1, exact fit K=2")
+        axes[0].set_title(f"softmax-gated Gaussian, exact fit ({reps} reps)")
+    if over is not None:
+        bm.plot_convergence(over, axes[1], label="D2, over-fit K=3")
+        for b, r in rates.items():
+            axes[1].loglog(over_grid, r["mean"], ".-", lw=0.8, label=f"|d {b}| (slope {r['slope']:.2f})")
+        axes[1].legend(fontsize=7)
+        axes[1].set_title(f"over-fit K=3 ({over_reps} reps, {starts} starts)")
     fig.tight_layout()
-    fig.savefig(out / "convergence_softmax_gaussian.png", dpi=110)
-    (out / "convergence_softmax_gaussian.json").write_text(json.dumps(summary, indent=1))
+    tag = "" if args.only == "both" else f"_{args.only}"
+    fig.savefig(out / f"convergence_softmax_gaussian{tag}.png", dpi=110)
+    (out / f"convergence_softmax_gaussian{tag}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
