@@ -165,6 +165,15 @@ def _lbfgs_reps(model, x, y, starts, floors, max_steps, tol):
     return jax.vmap(one)(x, y, starts, floors)
 
 
+@partial(jax.jit, static_argnames=("model", "kind", "translation", "rbar"))
+def _losses(model, params, truth, kind, translation, rbar):
+    """Voronoi losses of stacked params (compiled once per model value, kind, translation and rbar;
+    ``rbar`` a tuple of (cell size, r) pairs, a callable or None)."""
+    rb = dict(rbar) if isinstance(rbar, tuple) else rbar
+    return jax.vmap(lambda p: voronoi_loss(model, p, truth, kind=kind, rbar=rb, translation=translation))(
+        params)
+
+
 @partial(jax.jit, static_argnames=("model",))
 def _simulate_y(model, params, keys, x):
     return jax.vmap(lambda k, xr: model.distribution(params, xr).sample_with_index(k)[0])(keys, x)
@@ -288,8 +297,7 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
     truth = {k: jnp.asarray(v, dtype) for k, v in model.check_params(dict(true_params), d).items()}
     key = as_key(seed, "seed")
     base_seed = seed_int(seed, "seed")
-    loss_fn = jax.jit(jax.vmap(lambda p: voronoi_loss(fit_model, p, truth, kind=kind, rbar=rbar,
-                                                       translation=translation)))
+    rbar_key = tuple(sorted(rbar.items())) if isinstance(rbar, Mapping) else rbar
     fit_fn = _em_reps if method == "em" else _lbfgs_reps
     results = []
     bar = tqdm(grid, disable=quiet, desc="convergence_rate", unit="n")
@@ -320,7 +328,7 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
             starts = {k: jnp.stack([s[k] for s in per]) for k in per[0]}
         params, ll, steps, conv = fit_fn(fit_model, xj, yj, starts, floors,
                                          jnp.asarray(max_steps, jnp.int32), jnp.asarray(tol, dtype))
-        loss = loss_fn(params)
+        loss = _losses(fit_model, params, truth, kind, translation, rbar_key)
         results.append(({k: np.asarray(v) for k, v in params.items()}, np.asarray(ll), np.asarray(steps),
                         np.asarray(conv), np.asarray(loss)))
     return _dataset(xr, fit_model, d, grid, results, n0, dict(

@@ -123,7 +123,7 @@ def test_lbfgs_from_near_true_and_em_from_data_reach_the_same_maximum():
     """Two independent paths (L-BFGS from near-true starts, EM from data-driven starts) on the same data
     (same seed) reach the same log-likelihood, and their losses are the Voronoi loss of their params."""
     model, truth = bm.datasets.gaussian_gated(1)
-    kw = dict(n_grid=[300, 600], n_reps=2, seed=3, quiet=True)
+    kw = dict(n_grid=[300, 600], n_reps=1, seed=3, quiet=True)
     with jax.enable_x64(True):
         a = bm.convergence_rate(model, truth, method="lbfgs", **kw)
         b = bm.convergence_rate(model, truth, method="em", init="data", n_starts=2, **kw)
