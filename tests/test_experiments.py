@@ -132,3 +132,33 @@ def test_lbfgs_from_near_true_and_em_from_data_reach_the_same_maximum():
         assert float(a["loss"][1, 0]) == pytest.approx(float(bm.metrics.voronoi_loss(model, p, truth)),
                                                        rel=1e-9)
     assert a.attrs["method"] == "lbfgs" and b.attrs["init"] == "data"
+
+
+def test_plot_convergence_draws_the_mean_the_band_and_the_fitted_line(rng):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import xarray as xr
+
+    from bayesmoe.experiments import _dataset
+
+    grid = np.array([100, 1000, 10000])
+    loss = 3.0 * grid[:, None] ** -0.5 * np.exp(0.2 * rng.normal(size=(3, 5)))
+    model, truth = bm.datasets.softmax_gated_gaussian()
+    results = [({}, np.zeros(5), np.zeros(5), np.ones(5, bool), loss[i]) for i in range(3)]
+    ds = _dataset(xr, model, 1, grid, results, None, {})
+    ref = stats.linregress(np.log(grid), np.log(loss.mean(1)))
+    assert float(ds["slope"]) == pytest.approx(ref.slope, rel=1e-12)
+    ax = bm.plot_convergence(ds)
+    mean_line, fit_line, ref_line = ax.get_lines()
+    np.testing.assert_allclose(mean_line.get_ydata(), loss.mean(1))
+    np.testing.assert_allclose(fit_line.get_ydata(), np.exp(ref.intercept) * grid**ref.slope, rtol=1e-10)
+    np.testing.assert_allclose(np.log(ref_line.get_ydata()[-1] / ref_line.get_ydata()[0]),
+                               -0.5 * np.log(grid[-1] / grid[0]))
+    band = ax.collections[0].get_paths()[0].vertices[:, 1]
+    lo, hi = np.quantile(loss, [0.1, 0.9], axis=1)
+    assert np.allclose(band.min(), lo.min()) and np.allclose(band.max(), hi.max())
+    with pytest.raises(ValueError, match="`ds`"):
+        bm.plot_convergence(xr.Dataset())
+    with pytest.raises(ValueError, match="`band`"):
+        bm.plot_convergence(ds, band=(0.9, 0.1))
