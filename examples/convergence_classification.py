@@ -89,7 +89,8 @@ def main(argv=None):
                          "median_loss": ds["loss"].median("rep").values.tolist(),
                          "slope": float(ds["slope"]), "slope_se": float(ds["slope_se"]),
                          "split_cell": cells, "reps": reps, "k_fit": args.k, "seconds": secs}
-        print(f"{name:14s} K={args.k}: D2 slope {float(ds['slope']):.3f} ± {float(ds['slope_se']):.3f}, "
+        kind = "D1" if args.k == len(TRUTH["gate_intercept"]) else "D2"
+        print(f"{name:14s} K={args.k}: {kind} slope {float(ds['slope']):.3f} ± {float(ds['slope_se']):.3f}, "
               f"mean loss at n={grid[-1]}: {float(ds['mean_loss'][-1]):.4g} ({reps} replications, "
               f"{secs:.0f} s)")
         for b, r in cells.items():
@@ -97,7 +98,7 @@ def main(argv=None):
         bm.plot_convergence(ds, axes[0], label=name, color=color)
         for (b, r), style in zip(cells.items(), ("-", "--", ":"), strict=True):
             axes[1].loglog(grid, r["mean"], style, color=color, label=f"{name} |d {b}| ({r['slope']:.2f})")
-    axes[0].set_title(f"D2, K*=2 fitted K={args.k} ({reps} reps)")
+    axes[0].set_title(f"K*=2 fitted K={args.k} ({reps} reps)")
     axes[1].set_title("split cell (vanishing-slope atom)")
     axes[1].set_xlabel("n")
     axes[1].legend(fontsize=7)
