@@ -33,9 +33,11 @@ _LAZY = {
     "select_n_experts": "bayesmoe.selection",
     "slope_heuristic": "bayesmoe.selection",
     "plot_selection": "bayesmoe.selection",
+    "convergence_rate": "bayesmoe.experiments",
+    "plot_convergence": "bayesmoe.experiments",
 }
-_SUBMODULES = ("datasets", "experts", "family", "formula", "gates", "gllim", "metrics", "priors", "plots",
-               "inference", "nn", "selection")
+_SUBMODULES = ("datasets", "experiments", "experts", "family", "formula", "gates", "gllim", "metrics",
+               "priors", "plots", "inference", "nn", "selection")
 
 
 def __getattr__(name: str):
@@ -67,9 +69,4 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["Expert", "FitData", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param",
-           "Prediction",
-           "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "formula", "gates", "gllim", "metrics", "nn", "plot_selection", "plots",
-           "posterior_predictive", "predict", "priors", "relabel", "sample", "select_n_experts", "selection",
-           "set_compilation_cache", "set_host_device_count", "slope_heuristic", "to_datatree"]
+__all__ = sorted([*_LAZY, *(m for m in _SUBMODULES if m != "inference"), "enable_x64", "relabel"])

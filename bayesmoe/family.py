@@ -458,10 +458,22 @@ class Family(abc.ABC):
         are Euclidean norms per block). Families that take part in Voronoi losses override it."""
         raise NotImplementedError(f"{self!r} defines no Voronoi atoms (voronoi_atoms)")
 
-    def voronoi_orders(self) -> dict[str, str]:
-        """Exponent of each block's distance inside over-fitted cells: ``"r"`` or ``"r/2"`` (with r
-        the cell's rbar); singleton cells use first powers."""
+    def voronoi_orders(self) -> dict[str, str | float]:
+        """Exponent of each block's distance inside over-fitted cells: ``"r"``, ``"r/2"`` (with r
+        the cell's rbar) or a fixed number; singleton cells use first powers."""
         return {}
+
+    def take_atoms(self, params: Params, index) -> Params:
+        """The family's sites with the expert axis indexed by ``index`` (copies or a subset of atoms;
+        derived sites are recomputed)."""
+        out = dict(params)
+        for p in self.param_table():
+            if p.name in params and "expert" in p.dims:
+                v = jnp.asarray(params[p.name])
+                axis = v.ndim - len(p.dims) + p.dims.index("expert")
+                out[p.name] = jnp.take(v, jnp.asarray(index), axis=axis)
+        out.update(self.derived(out))
+        return out
 
     # ------------------------------------------------------------------ generic EM pieces
     @abc.abstractmethod
@@ -506,6 +518,17 @@ class Family(abc.ABC):
         flat, _, _ = newton_ascent(q, flat0, max_iter=n_steps)
         u = unravel(flat)
         return {**params, **self.to_full({k: tfs[k](v) for k, v in u.items()}, K, d)}
+
+
+def voronoi_order_pair(spec: str | float) -> tuple[float, float]:
+    """``"r"`` -> (1, 0), ``"r/2"`` -> (0.5, 0), a number e -> (0, e): exponent = mult * r + const."""
+    if spec == "r":
+        return 1.0, 0.0
+    if spec == "r/2":
+        return 0.5, 0.0
+    if isinstance(spec, (int, float)) and not isinstance(spec, bool):
+        return 0.0, float(spec)
+    raise ValueError(f"a Voronoi order must be 'r', 'r/2' or a number, got {spec!r}")
 
 
 def _append_zero(v: jnp.ndarray, p: Param) -> jnp.ndarray:
@@ -558,6 +581,18 @@ class Gate(Family):
     def voronoi_weights(self, params: Params) -> jnp.ndarray:
         """The atoms' masses in the mixing measure, (..., K)."""
         raise NotImplementedError(f"{self!r} defines no Voronoi weights (voronoi_weights)")
+
+    def scale_masses(self, params: Params, factor) -> Params:
+        """The gate's sites with each atom's mixing mass multiplied by ``factor`` (K,) (e.g. a true
+        atom's mass shared among its copies when building over-fitted starts)."""
+        raise NotImplementedError(f"{self!r} defines no mixing masses (scale_masses)")
+
+    def voronoi_cell_orders(self, true_params: Params, orders: Mapping) -> dict[str, tuple]:
+        r"""Per true atom j, the exponent of each block in an over-fitted cell :math:`A_j`, as
+        ``{block: (mult, const)}`` meaning :math:`\text{mult}\cdot r_j + \text{const}` (scalars, or
+        arrays of shape (..., K_true) when the exponent depends on the true atom). ``orders`` are the
+        families' :meth:`voronoi_orders`. Default: the same exponents in every cell."""
+        return {name: voronoi_order_pair(spec) for name, spec in orders.items()}
 
     def translated(self, params: Params, shift: Mapping) -> Params:
         """The gate's sites with a reference entry shifted by a common translation: every row of site

@@ -84,6 +84,10 @@ class _LinearSoftmax(Gate):
     def voronoi_atoms(self, params):
         return {"beta1": jnp.asarray(params["gate_coef"])}
 
+    def scale_masses(self, params, factor):
+        """Masses exp(beta0) times factor: beta0 + log(factor)."""
+        return {**params, "gate_intercept": jnp.asarray(params["gate_intercept"]) + jnp.log(factor)}
+
     def voronoi_orders(self):
         return {"beta1": "r"}
 
@@ -371,6 +375,41 @@ class Gaussian(Gate):
             tril = _math.gaussian_tril(params["gate_scale"])
         eps = jax.random.normal(kx, (n, loc.shape[-1]), dtype=loc.dtype)
         return loc[z] + jnp.einsum("nij,nj->ni", tril[z], eps)
+
+    # ------------------------------------------------------------------ Voronoi losses
+    def voronoi_weights(self, params):
+        r"""Masses :math:`\pi_k` of the mixing measure (arXiv 2305.07572)."""
+        return jnp.asarray(params["gate_weight"])
+
+    def voronoi_atoms(self, params):
+        r"""Blocks c (location) and :math:`\Gamma` (the covariance, flattened: its Euclidean norm is the
+        Frobenius norm; the diagonal for ``covariance="diag"``)."""
+        loc = jnp.asarray(params["gate_loc"])
+        tril = self._tril(params)
+        if tril is None:
+            cov = jnp.asarray(params["gate_scale"]) ** 2
+        else:
+            cov = (tril @ jnp.swapaxes(tril, -1, -2)).reshape(tril.shape[:-2] + (-1,))
+        return {"c": loc, "Gamma": cov}
+
+    def voronoi_orders(self):
+        return {"c": "r", "Gamma": "r/2"}
+
+    def scale_masses(self, params, factor):
+        """Masses pi times factor (a factor keeping the total 1 keeps a simplex)."""
+        return {**params, "gate_weight": jnp.asarray(params["gate_weight"]) * jnp.asarray(factor)}
+
+    def voronoi_cell_orders(self, true_params, orders):
+        r"""The two regimes of arXiv 2305.07572: in an over-fitted cell of a true atom with
+        :math:`c^*_j \ne 0` (regime 1) the expert slope block ``a`` has the fixed exponent 2; in a cell
+        with :math:`c^*_j = 0` (regime 2) it has :math:`\tilde r/2` with :math:`\tilde r(2) = 4`,
+        :math:`\tilde r(3) = 6` (equal to :math:`\bar r`, so the cell's r is used). Other blocks as
+        declared."""
+        out = super().voronoi_cell_orders(true_params, orders)
+        if "a" in out:
+            zero = jnp.all(jnp.asarray(true_params["gate_loc"]) == 0, axis=-1)      # (..., K_true)
+            out["a"] = (jnp.where(zero, 0.5, 0.0), jnp.where(zero, 0.0, 2.0))
+        return out
 
     def _moments(self, params: Params, r, x, floors) -> Params:
         """Weighted proportions, means and (co)variances of x (the joint GLLiM M-step)."""

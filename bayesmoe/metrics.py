@@ -25,7 +25,11 @@ each family supplies its blocks (``voronoi_atoms``) and orders (``voronoi_orders
 masses (``voronoi_weights``). Softmax gates: masses :math:`\exp(\beta_{0i})`, block :math:`\beta_1`
 (order r); Gaussian experts: blocks a (r/2), b (r) and the **variance** :math:`\sigma^2` (r/2) — the
 losses of Nguyen, Nguyen & Ho 2023 (arXiv 2305.03288, section 1); multinomial-logistic experts: blocks
-a and b (r/2; arXiv 2310.14188, the standard form).
+a and b (r/2; arXiv 2310.14188, the standard form). Gaussian gates (arXiv 2305.07572): masses
+:math:`\pi_i`, blocks c (order r) and the covariance :math:`\Gamma` (r/2, Frobenius norm); with Gaussian
+experts (blocks A, b, :math:`\nu`) the slope block A has the fixed exponent 2 in over-fitted cells of true
+atoms with :math:`c^*_j \ne 0` (regime 1) and :math:`\tilde r/2` (:math:`\tilde r = \bar r`) where
+:math:`c^*_j = 0` (regime 2): the gate's ``voronoi_cell_orders`` hook sets exponents per true atom.
 
 Softmax gates are identifiable only up to a common translation of their rows: ``translation="gauge"``
 compares both measures in the reference gauge (the last expert's row zero, as the published code does);
@@ -56,11 +60,16 @@ _INF_STEPS = 120
 
 def _measure(model, params: Mapping):
     params = model.regauge(dict(params))
-    return _measure_raw(model, params)[:2] + (_orders(model),)
+    return _measure_raw(model, params)[:2] + (_orders(model, params),)
 
 
-def _orders(model) -> dict:
-    return {**model.gate.voronoi_orders(), **model.expert.voronoi_orders()}
+def _orders(model, true: Mapping) -> dict:
+    """``{block: (mult, const)}`` per true atom (arrays (K_true,)): exponent mult * r + const."""
+    base = {**model.gate.voronoi_orders(), **model.expert.voronoi_orders()}
+    k_true = jnp.shape(model.gate.voronoi_weights(true))[-1]
+    pairs = model.gate.voronoi_cell_orders(true, base)
+    return {k: tuple(jnp.broadcast_to(jnp.asarray(v, jnp.result_type(float)), (k_true,)) for v in pair)
+            for k, pair in pairs.items()}
 
 
 def _gauged(model, fitted: Mapping, true: Mapping) -> dict:
@@ -124,8 +133,10 @@ def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
         return jnp.sum(fw * jnp.sum(d_own, axis=-1)) + mass
     size = jnp.sum(onehot, axis=0)[cell]                   # |A_j| of each fitted atom's cell
     r = jnp.asarray(rtab, fw.dtype)[size.astype(jnp.int32)]
-    factor = jnp.asarray([1.0 if orders.get(name, "r") == "r" else 0.5 for name in fa], fw.dtype)
-    powered = d_own ** (r[:, None] * factor[None, :])
+    ones = (jnp.ones(Kt, fw.dtype), jnp.zeros(Kt, fw.dtype))   # undeclared blocks: order r
+    mult = jnp.stack([orders.get(name, ones)[0].astype(fw.dtype)[cell] for name in fa], axis=-1)
+    const = jnp.stack([orders.get(name, ones)[1].astype(fw.dtype)[cell] for name in fa], axis=-1)
+    powered = d_own ** (r[:, None] * mult + const)         # (Kf, B)
     per_atom = jnp.where(size > 1, jnp.sum(powered, axis=-1), jnp.sum(d_own, axis=-1))
     return jnp.sum(fw * per_atom) + mass
 
@@ -175,6 +186,8 @@ def _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge):
     sizes = [int(np.prod(sh, dtype=np.int64)) for sh in shapes]
     dim = sum(sizes)
     dtype = jnp.asarray(gauge).dtype
+    if dim == 0:                                           # a gate without translation freedom
+        return gauge
 
     def loss(t):
         shift, start = {}, 0
@@ -203,7 +216,7 @@ def _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge):
 def _measure_raw(model, params):
     """(masses, atoms, orders) of a parameter set as it is (no re-gauging)."""
     return (model.gate.voronoi_weights(params),
-            {**model.gate.voronoi_atoms(params), **model.expert.voronoi_atoms(params)}, _orders(model))
+            {**model.gate.voronoi_atoms(params), **model.expert.voronoi_atoms(params)}, None)
 
 
 def _n_experts(model, params: Mapping) -> int:

@@ -67,7 +67,8 @@ def page(module: str, owner: dict[str, str]) -> str:
     for name in sorted(mod.__all__):
         obj = getattr(mod, name)
         if isinstance(obj, types.ModuleType):
-            lines += [f"## `{module}.{name}`", "", f"Submodule: see [`{obj.__name__}`]({obj.__name__}.md).", ""]
+            sub = obj.__name__
+            lines += [f"## `{module}.{name}`", "", f"Submodule: see [`{sub}`]({sub}.md).", ""]
             continue
         target = _target(module, name)
         if owner[target] != module or target in done:

@@ -163,3 +163,62 @@ def test_bad_input_names_the_argument(rng):
     pp = poisson.random_params(rng, 2)
     with pytest.raises(ValueError, match="no Voronoi loss"):
         voronoi_loss(poisson, pp, pp)
+
+
+def _gg_hand_loss(fitted, true, over):
+    """Regime-1 / regime-2 Voronoi loss of a Gaussian-gated Gaussian MoE (arXiv 2305.07572), by loops."""
+    def atoms(p):
+        return [[p["gate_loc"][i], p["gate_scale"][i] ** 2, p["expert_coef"][i],
+                 np.array([p["expert_intercept"][i]]), np.array([p["expert_scale"][i] ** 2])]
+                for i in range(len(p["gate_weight"]))]
+    fa, ta = atoms(fitted), atoms(true)
+    fw, tw = fitted["gate_weight"], true["gate_weight"]
+    cells = [int(np.argmin([sum(np.linalg.norm(fa[i][b] - ta[j][b]) for b in range(5))
+                            for j in range(len(ta))])) for i in range(len(fa))]
+    total = 0.0
+    for j in range(len(ta)):
+        members = [i for i in range(len(fa)) if cells[i] == j]
+        r = {2: 4, 3: 6}.get(len(members), 1)
+        regime2 = np.all(true["gate_loc"][j] == 0)
+        for i in members:
+            dist = [np.linalg.norm(fa[i][b] - ta[j][b]) for b in range(5)]     # c, Gamma, A, b, nu
+            if over and len(members) > 1:
+                total += fw[i] * (dist[0] ** r + dist[1] ** (r / 2) + dist[2] ** (r / 2 if regime2 else 2)
+                                  + dist[3] ** r + dist[4] ** (r / 2))
+            else:
+                total += fw[i] * sum(dist)
+        total += abs(sum(fw[i] for i in members) - tw[j])
+    return total, cells
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_gaussian_gated_losses_are_the_hand_computation(rng, which):
+    model3, true = bm.datasets.gaussian_gated(which)
+    with jax.enable_x64(True):
+        assert float(voronoi_loss(model3, true, true)) == 0.0
+        for split in (0, 2):                                   # split true atom 0 (regime 2 in model 2) or 2
+            p = {k: np.asarray(v, float) + 0.02 * rng.normal(size=np.shape(v)) for k, v in true.items()}
+            p["gate_scale"], p["expert_scale"] = np.abs(p["gate_scale"]), np.abs(p["expert_scale"])
+            w = np.abs(true["gate_weight"] + 0.02 * rng.normal(size=3))
+            p["gate_weight"] = w / w.sum()
+            want, cells = _gg_hand_loss(p, true, over=False)
+            assert cells == [0, 1, 2]
+            assert float(voronoi_loss(model3, p, true)) == pytest.approx(want, rel=1e-9)
+            # over-fits: one or two extra atoms near true atom `split` (cells of 2 and 3 atoms: with 3,
+            # the slope exponents of the regimes differ, 2 against r/2 = 3)
+            for n_extra in (1, 2):
+                extra = {k: v[[split] * n_extra] + 0.03 * rng.normal(size=(n_extra,) + np.shape(v)[1:])
+                         for k, v in p.items()}
+                q = {k: np.concatenate([p[k], np.abs(extra[k]) if k.endswith(("scale", "weight"))
+                                        else extra[k]]) for k in p}
+                q["gate_weight"] = q["gate_weight"] / q["gate_weight"].sum()
+                want, cells = _gg_hand_loss(q, true, over=True)
+                assert cells == [0, 1, 2] + [split] * n_extra
+                model = bm.MoE(model3.gate, model3.expert, 3 + n_extra, joint=True)
+                got = float(voronoi_loss(model, q, true))
+                assert got == pytest.approx(want, rel=1e-9)
+                # no translation freedom: "inf" is the gauge value; permuting fitted atoms changes nothing
+                assert float(voronoi_loss(model, q, true, translation="inf")) == pytest.approx(got, rel=1e-12)
+                perm = np.roll(np.arange(3 + n_extra), 1)
+                assert float(voronoi_loss(model, {k: v[perm] for k, v in q.items()}, true)) == pytest.approx(
+                    got, rel=1e-12)
