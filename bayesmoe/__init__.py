@@ -21,6 +21,7 @@ _LAZY = {
     "FitResult": "bayesmoe.inference",
     "fit_map": "bayesmoe.inference",
     "fit_mle": "bayesmoe.inference",
+    "fit_vi": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
     "set_host_device_count": "bayesmoe.inference",
     "set_compilation_cache": "bayesmoe._cache",
@@ -61,5 +62,5 @@ def relabel(idata, method: str = "ecr", **kwargs):
 
 __all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
            "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
+           "fit_mle", "fit_vi", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
            "set_compilation_cache", "set_host_device_count"]
