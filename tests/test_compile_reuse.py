@@ -45,3 +45,28 @@ def test_size_buckets():
     for n in range(1, 5000, 37):  # at most an eighth more rows, and a multiple of the devices
         p = _sharding.padded_size(n, 4, bucket=True)
         assert n <= p <= n * 1.125 + 4 and p % 4 == 0
+
+
+_COMPILES = {"n": 0}
+
+
+def _count(name, secs, **kwargs):
+    if name == "/jax/core/compile/backend_compile_duration":
+        _COMPILES["n"] += 1
+
+
+def test_second_sample_call_compiles_nothing():
+    import jax
+
+    jax.monitoring.register_event_duration_secs_listener(_count)
+    x, y = _data(200, seed=1)
+    kw = {"num_chains": 2, "num_warmup": 20, "num_samples": 20, "n_starts": 2, "progress_bar": False,
+          "quiet": True}
+    first = bm.sample(_model(), x, y, seed=0, **kw)
+    before = _COMPILES["n"]
+    assert before > 0  # the listener sees compilations
+    second = bm.sample(_model(), x, y, seed=1, **kw)  # an equal model, same shapes, another seed
+    assert _COMPILES["n"] == before
+    # a real second run (another seed: other draws), with the same sites and dims
+    assert not np.allclose(first.posterior["expert_coef"].values, second.posterior["expert_coef"].values)
+    assert second.posterior["expert_coef"].dims == first.posterior["expert_coef"].dims

@@ -59,9 +59,8 @@ def build(model: Any, samples: dict, xa: np.ndarray, ya: np.ndarray, x_j, y_j, f
     if sample_stats is not None:
         data["sample_stats"] = sample_stats
     if posterior_predictive:
-        pred = Predictive(model, posterior_samples=flat, return_sites=["y"])(key_ppc, x_j, None, **kwargs)
-        data["posterior_predictive"] = {
-            "y": np.asarray(pred["y"]).reshape((num_chains, num_samples, -1))}
+        pred = _predictive_y(model, key_ppc, flat, x_j, kwargs)
+        data["posterior_predictive"] = {"y": np.asarray(pred).reshape((num_chains, num_samples, -1))}
     d = xa.shape[1]
     labels = features if features else [f"x{j}" for j in range(d)]
     coords = {"obs": np.arange(xa.shape[0]), "feature": labels}
@@ -81,6 +80,12 @@ def build(model: Any, samples: dict, xa: np.ndarray, ya: np.ndarray, x_j, y_j, f
 
         dt = _relabel(dt, model=model)
     return dt
+
+
+@partial(jax.jit, static_argnums=0)
+def _predictive_y(model, key, flat: dict, x, kwargs: dict):
+    """y drawn at every posterior draw (compiled once per model and shapes, reused across calls)."""
+    return Predictive(model, posterior_samples=flat, return_sites=["y"])(key, x, None, **kwargs)["y"]
 
 
 @partial(jax.jit, static_argnums=0)

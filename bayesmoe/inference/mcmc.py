@@ -29,7 +29,7 @@ from numpyro.infer import MCMC, NUTS
 
 from bayesmoe._random import as_key
 from bayesmoe._validation import as_x, check_bool, check_positive_int, check_real, column_names
-from bayesmoe.inference import _datatree, _sharding
+from bayesmoe.inference import _datatree, _mcmc_cache, _sharding
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference import diagnostics as diag
 from bayesmoe.inference.map import fit_map
@@ -148,15 +148,28 @@ def sample(model: MoE | Callable, x: Any, y: Any, *, num_chains: int = 4, num_wa
         if num_chains == 1:
             init_params = {k: v[0] for k, v in init_params.items()}
 
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass,
-                  max_tree_depth=max_tree_depth)
     method = chain_method or _default_chain_method(num_chains)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=method, progress_bar=bool(progress_bar))
     run_x, run_y, run_kwargs = x_j, y_j, kwargs
     if mesh is not None:  # rows sharded over the devices, padding rows masked
         sharded = _sharding.shard_rows(mesh, x_j, y_j)
         run_x, run_y, run_kwargs = sharded.x, sharded.y, {**kwargs, "mask": sharded.mask}
+
+    def make_mcmc() -> MCMC:
+        kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass,
+                      max_tree_depth=max_tree_depth)
+        # chains in compiled programs that later calls reuse (_mcmc_cache)
+        cm = method
+        if num_chains > 1 and method == "vectorized" and not progress_bar:
+            cm = _mcmc_cache.vectorized
+        elif 1 < num_chains <= jax.local_device_count() and method == "parallel":
+            cm = _mcmc_cache.parallel  # NumPyro's pmap, kept for later calls
+        return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=cm, progress_bar=bool(progress_bar), jit_model_args=True)
+
+    # equal model, settings and data shapes: the sampler compiled by an earlier call (_mcmc_cache)
+    settings = (target_accept_prob, dense_mass, max_tree_depth, num_warmup, num_samples, num_chains,
+                method, bool(progress_bar), mesh)
+    mcmc = _mcmc_cache.cached_mcmc(model, settings, (run_x, run_y, run_kwargs, init_params), make_mcmc)
     mcmc.run(key_mcmc, run_x, run_y, init_params=init_params,
              extra_fields=("energy", "num_steps", "accept_prob", "diverging", "adapt_state.step_size"),
              **run_kwargs)
