@@ -25,6 +25,7 @@ _LAZY = {
     "to_datatree": "bayesmoe.inference",
     "fit_map": "bayesmoe.inference",
     "fit_mle": "bayesmoe.inference",
+    "fit_vi": "bayesmoe.inference",
     "sample": "bayesmoe.inference",
     "set_host_device_count": "bayesmoe.inference",
     "set_compilation_cache": "bayesmoe._cache",

@@ -420,7 +420,9 @@ class Gaussian(Gate):
         loc = (r.T @ x) / safe[:, None]
         diff = x[:, None, :] - loc[None]
         floor2 = jnp.broadcast_to(jnp.asarray(floors.get("gate_scale", 0.0), x.dtype), (d,)) ** 2
-        out = {"gate_weight": rk / n, "gate_loc": jnp.where(alive[:, None], loc, params["gate_loc"])}
+        # sum(rk) is n, and stays the number of real rows when padding rows carry r = 0 (sharding)
+        out = {"gate_weight": rk / jnp.sum(rk),
+               "gate_loc": jnp.where(alive[:, None], loc, params["gate_loc"])}
         if self.covariance == "full":
             cov = jnp.einsum("nk,nka,nkb->kab", r, diff, diff) / safe[:, None, None]
             cov = cov + jnp.diag(floor2)

@@ -124,7 +124,10 @@ class MoE:
     Calling ``model(x, y=None)`` declares the sample sites (``gate_*``, ``expert_*``) and the observed
     site ``y`` under the plate ``obs`` (always ``y``, whatever the response's name, so that code
     written for one model works for all). The keyword ``data_scale`` (from :meth:`data_scale`) fixes
-    the prior scaling; by default it is computed from the ``x`` and ``y`` given.
+    the prior scaling; by default it is computed from the ``x`` and ``y`` given. ``subsample_size``
+    makes ``obs`` a minibatch plate (random rows, log-likelihood scaled by n / size; for
+    ``bm.fit_vi``) and ``mask`` (bool, (n,)) zeroes the log-density of the rows it marks False
+    (padding rows).
     """
 
     def __init__(self, gate: Gate, expert: Expert, n_experts: int, priors: dict | None = None,
@@ -311,16 +314,22 @@ class MoE:
                          _priors.data_scale(self.expert.features(self.expert_x(x)), y))
 
     # ------------------------------------------------------------------ the NumPyro model
-    def __call__(self, x, y=None, *, data_scale: DataScale | None = None):
+    def __call__(self, x, y=None, *, data_scale: DataScale | None = None,
+                 subsample_size: int | None = None, mask=None):
         x, y = self._prepare(x, y)
         scale = data_scale if data_scale is not None else self.data_scale(x, y)
         d = x.shape[1]
         params = self.gate.sample(self.n_experts, self.gate_d(d), scale.gate, self.priors)
         params.update(self.expert.sample(self.n_experts, self.expert_d(d), scale.expert, self.priors))
-        with numpyro.plate("obs", x.shape[0]):
+        with numpyro.plate("obs", x.shape[0], subsample_size=subsample_size) as idx:
+            if subsample_size is not None:  # a random minibatch; NumPyro scales by n / size
+                x, y = x[idx], None if y is None else y[idx]
+                mask = None if mask is None else mask[idx]
             if self.joint:
-                numpyro.sample("x", self.gate.x_distribution(params), obs=self.gate_x(x))
-            numpyro.sample("y", self.distribution(params, x), obs=y)
+                fx = self.gate.x_distribution(params)
+                numpyro.sample("x", fx if mask is None else fx.mask(mask), obs=self.gate_x(x))
+            fy = self.distribution(params, x)
+            numpyro.sample("y", fy if mask is None else fy.mask(mask), obs=y)
 
     def distribution(self, params: Params, x) -> MixtureOfExperts:
         """The per-observation mixture p(y_i | x_i) as a :class:`MixtureOfExperts` (batch (n,))."""

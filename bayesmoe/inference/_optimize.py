@@ -37,7 +37,8 @@ class Objective:
 
     def __call__(self, u, x, y, kwargs, floors):
         theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)
-        return -obj.log_joint(self.model, theta, (x, y), kwargs, self.prior) / x.shape[0]
+        rows = jnp.sum(kwargs["mask"]) if "mask" in kwargs else x.shape[0]  # padding rows: not counted
+        return -obj.log_joint(self.model, theta, (x, y), kwargs, self.prior) / rows
 
     def log_likelihood(self, u, x, y, kwargs, floors):
         theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)

@@ -106,16 +106,20 @@ class EMState(NamedTuple):
     trace: jnp.ndarray | None
 
 
-def _estep(model, params, x, y):
-    """Responsibilities (n, K) and the observed-data log-likelihood (scalar)."""
+def _estep(model, params, x, y, w=None):
+    """Responsibilities (n, K) and the observed-data log-likelihood (scalar). Rows of weight
+    ``w = 0`` (padding, see :mod:`bayesmoe.inference._sharding`) get zero responsibilities and add 0."""
     lj = model.log_joint_terms(params, x, y)
     lli = logsumexp(lj, axis=-1)
-    return jnp.exp(lj - lli[:, None]), jnp.sum(lli)
+    r = jnp.exp(lj - lli[:, None])
+    if w is None:
+        return r, jnp.sum(lli)
+    return jnp.where(w[:, None], r, 0.0), jnp.sum(jnp.where(w, lli, 0.0))
 
 
-def init(model, params: Params, x, y, trace_len: int = 0) -> EMState:
-    """The EM state at ``params`` (one E-step)."""
-    r, ll = _estep(model, params, x, y)
+def init(model, params: Params, x, y, trace_len: int = 0, w=None) -> EMState:
+    """The EM state at ``params`` (one E-step); ``w``: optional (n,) bool row mask."""
+    r, ll = _estep(model, params, x, y, w)
     trace = None
     if trace_len:
         trace = jnp.full((trace_len,), jnp.nan, x.dtype).at[0].set(ll)
@@ -123,11 +127,11 @@ def init(model, params: Params, x, y, trace_len: int = 0) -> EMState:
                    trace)
 
 
-def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol) -> EMState:
+def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None) -> EMState:
     """One M-step (both families) then one E-step. A non-finite log-likelihood keeps the previous
     parameters and marks the chain failed; convergence is a relative change below ``tol``."""
     new = model.em_update(state.params, state.resp, x, y, floors, cache)
-    r_new, ll_new = _estep(model, new, x, y)
+    r_new, ll_new = _estep(model, new, x, y, w)
     ok = jnp.isfinite(ll_new)
     keep = lambda a, b: jnp.where(ok, a, b)
     params = jax.tree.map(keep, new, state.params)
@@ -139,16 +143,16 @@ def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol) -> EMS
     return EMState(params, keep(r_new, state.resp), keep(ll_new, state.ll), n, conv, ~ok, tr)
 
 
-def _fit_one(model, params, x, y, floors, cache, max_steps, tol, trace_len):
-    s = init(model, params, x, y, trace_len)
+def _fit_one(model, params, x, y, floors, cache, max_steps, tol, trace_len, w=None):
+    s = init(model, params, x, y, trace_len, w)
     s = lax.while_loop(lambda s: (s.step < max_steps) & ~s.converged & ~s.failed,
-                       lambda s: step(model, s, x, y, floors, cache, tol), s)
+                       lambda s: step(model, s, x, y, floors, cache, tol, w), s)
     return model.complete_params(s.params), s.ll, s.step, s.converged, s.trace
 
 
-def _em_core(model, x, y, starts, max_steps, tol, floors, trace_len):
+def _em_core(model, x, y, starts, max_steps, tol, floors, trace_len, w=None):
     cache = model.em_prepare(x, y)
-    return jax.vmap(lambda p: _fit_one(model, p, x, y, floors, cache, max_steps, tol, trace_len))(
+    return jax.vmap(lambda p: _fit_one(model, p, x, y, floors, cache, max_steps, tol, trace_len, w))(
         starts)
 
 

@@ -31,7 +31,7 @@ from numpyro.infer.util import initialize_model
 from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.formula import resolve_data
-from bayesmoe.inference import _checks, _optimize, _standardize
+from bayesmoe.inference import _checks, _optimize, _sharding, _standardize
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference.init import data_starts
 from bayesmoe.inference.result import FitData, FitResult, FitWarning
@@ -137,7 +137,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
             seed: int = 0, init: dict | None = None, max_steps: int | None = None,
             tol: float | None = None, learning_rate: float = 0.02, jitter: float = 0.1,
             scale_floor: float = 1e-3, screen_size: int = 20_000, progress_bar: bool = False,
-            prior: bool = True) -> FitResult:
+            prior: bool = True, devices: Any = None) -> FitResult:
     """Maximum a posteriori estimate of ``model`` on (x, y), best of ``n_starts`` starts.
 
     :param model: a :class:`bayesmoe.MoE` or any NumPyro model function ``model(x, y=None)``
@@ -155,6 +155,9 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
     :param scale_floor: lower bound of every floored scale (expert / gate standard deviations),
         relative to the standard deviation of the variable it bounds (y, or each x column).
     :param screen_size: above ``2 * screen_size`` observations, starts are screened on a subsample.
+    :param devices: None (one device, the default), a list of ``jax`` devices or a
+        ``jax.sharding.Mesh``: the rows are sharded over them and the likelihood (or EM's sufficient
+        statistics) is reduced across devices (see :mod:`bayesmoe.inference._sharding`); MoE models only.
     :returns: a :class:`FitResult` with ``params`` keyed by the site names; ``warnings`` lists what
         makes the answer doubtful (a scale at its floor, degenerate or coinciding experts, a gate that
         separates the data), each also issued as a :class:`~bayesmoe.FitWarning`.
@@ -169,6 +172,9 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
     x, y = resolve_data(model, x, y, data)
     if isinstance(model, MoE) and y is not None:
         model = model.for_response(y)
+    mesh = _sharding.as_mesh(devices)
+    if mesh is not None and not isinstance(model, MoE):
+        raise ValueError("`devices` needs a bayesmoe.MoE model (its rows can be masked for padding)")
     seed = _check_args(method=method, n_starts=n_starts, max_steps=max_steps, tol=tol, seed=seed,
                        learning_rate=learning_rate, jitter=jitter, scale_floor=scale_floor,
                        screen_size=screen_size, progress_bar=progress_bar, prior=prior)
@@ -245,6 +251,10 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
           for k, v in u0.items()}
 
     objective = _optimize.Objective(model, bool(prior))
+    run_data = (x_j, y_j, kwargs, floors)
+    if isinstance(model, MoE):  # rows padded to a size bucket (masked), sharded over `devices`
+        sharded = _sharding.shard_rows(mesh, x_j, y_j, bucket=True)
+        run_data = (sharded.x, sharded.y, {**kwargs, "mask": sharded.mask}, floors)
 
     extra: dict[str, Any] = {}
     if method == "em":
@@ -258,7 +268,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
             best = _best(start_ll, _doubtful(model, em.params, floors))
             full0 = {k: v[best:best + 1] for k, v in em.params.items()}
             extra["screened_on"] = screen_size
-        em = em_fit(model, x_j, y_j, full0, max_steps=max_steps, tol=tol, floors=floors)
+        em = _sharding.em_fit(model, sharded, full0, max_steps=max_steps, tol=tol, floors=floors)
         if "screened_on" not in extra:
             start_ll = np.asarray(em.log_likelihood)
         best = _best(np.asarray(em.log_likelihood), _doubtful(model, em.params, floors))
@@ -268,12 +278,12 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
                                        model.free_params(best_full).items()})
         u_best = _lift(u_best, floors)
         if prior:  # polish the EM answer on the posterior
-            st = _optimize.run(objective, _stack([u_best]), (x_j, y_j, kwargs, floors), method="lbfgs",
+            st = _optimize.run(objective, _stack([u_best]), run_data, method="lbfgs",
                                max_steps=500, tol=tol, gtol=gtol, progress_bar=progress_bar)
             u_best = _index(st.u, 0)
             n_steps += int(st.steps[0])
     else:
-        data = (x_j, y_j, kwargs, floors)
+        data = run_data
         if n > 2 * screen_size and n_starts > 1:
             idx = _subsample(n, screen_size, seed)
             sub = (x_j[idx], y_j[idx], kwargs, floors)

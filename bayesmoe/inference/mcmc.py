@@ -20,24 +20,20 @@ with a ``SamplerWarning`` per problem (``quiet=True`` silences the warnings).
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from arviz_base import from_dict
-from numpyro.infer import MCMC, NUTS, Predictive
-from numpyro.infer import log_likelihood as numpyro_log_likelihood
+from numpyro.infer import MCMC, NUTS
 
-from bayesmoe._draws import chunk_size, map_draws
 from bayesmoe._random import as_key
 from bayesmoe._validation import as_x, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.formula import resolve_data
+from bayesmoe.inference import _datatree, _mcmc_cache, _sharding
 from bayesmoe.inference import _objective as obj
 from bayesmoe.inference import diagnostics as diag
 from bayesmoe.inference.map import fit_map
@@ -86,7 +82,7 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
            chain_method: str | None = None, progress_bar: bool = True, relabel: bool = True,
            posterior_predictive: bool = True, target_accept_prob: float = 0.8,
            dense_mass: bool | None = None, init_jitter: float = 0.05, n_starts: int = 8,
-           max_tree_depth: int = 10, quiet: bool = False):
+           max_tree_depth: int = 10, quiet: bool = False, devices: Any = None):
     """Run NUTS on ``model`` given (x, y) and return an ArviZ ``DataTree``.
 
     :param x: inputs (n, d) (a DataFrame for formula models); ``y``: responses (n,) (class labels of
@@ -108,6 +104,10 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
     :param init_jitter: sd of the Gaussian jitter (unconstrained space) around the init, >= 0.
     :param n_starts: starts of the MAP fit when ``init="map"``, >= 1.
     :param max_tree_depth: maximum number of trajectory doublings of NUTS, >= 1.
+    :param devices: None (the default), a list of ``jax`` devices or a ``jax.sharding.Mesh``: the
+        rows of the data are sharded over them (each log-density evaluation reduced across devices)
+        and the chains are vectorized (``chain_method="vectorized"``; MoE models only). The MAP start
+        is fitted on the same devices.
     :param quiet: do not warn about sampler problems. By default each problem found after sampling
         (divergences, R-hat > 1.01, bulk/tail ESS < 100 per chain, transitions at
         ``max_tree_depth``, E-BFMI < 0.3; see :mod:`bayesmoe.inference.diagnostics`) is reported
@@ -133,6 +133,14 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
     is_moe = isinstance(model, MoE)
     if is_moe and y is not None:
         model = model.for_response(y)
+    mesh = _sharding.as_mesh(devices)
+    if mesh is not None:
+        if not is_moe:
+            raise ValueError("`devices` needs a bayesmoe.MoE model (its rows can be masked for padding)")
+        if chain_method not in (None, "vectorized"):
+            raise ValueError(f"`devices` shards the data, so chains are vectorized: `chain_method` must "
+                             f"be None or 'vectorized', got {chain_method!r}")
+        chain_method = "vectorized"
     if is_moe:
         xa, ya = model.check_data(x, y)
         if ya is None:
@@ -164,7 +172,7 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
     map_fit = None
     if init == "map" or isinstance(init, dict):
         if init == "map":
-            map_fit = fit_map(model, xa, ya, n_starts=n_starts, seed=seed)
+            map_fit = fit_map(model, xa, ya, n_starts=n_starts, seed=seed, devices=devices)
             centre = map_fit.params
         else:
             centre = init
@@ -176,70 +184,51 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
         if num_chains == 1:
             init_params = {k: v[0] for k, v in init_params.items()}
 
-    kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass,
-                  max_tree_depth=max_tree_depth)
     method = chain_method or _default_chain_method(num_chains)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
-                chain_method=method, progress_bar=bool(progress_bar))
-    mcmc.run(key_mcmc, x_j, y_j, init_params=init_params,
+    run_x, run_y, run_kwargs = x_j, y_j, kwargs
+    if mesh is not None:  # rows sharded over the devices, padding rows masked
+        sharded = _sharding.shard_rows(mesh, x_j, y_j)
+        run_x, run_y, run_kwargs = sharded.x, sharded.y, {**kwargs, "mask": sharded.mask}
+
+    def make_mcmc() -> MCMC:
+        kernel = NUTS(model, target_accept_prob=target_accept_prob, dense_mass=dense_mass,
+                      max_tree_depth=max_tree_depth)
+        # chains in compiled programs that later calls reuse (_mcmc_cache)
+        cm = method
+        if num_chains > 1 and method == "vectorized" and not progress_bar:
+            cm = _mcmc_cache.vectorized
+        elif 1 < num_chains <= jax.local_device_count() and method == "parallel":
+            cm = _mcmc_cache.parallel  # NumPyro's pmap, kept for later calls
+        return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                    chain_method=cm, progress_bar=bool(progress_bar), jit_model_args=True)
+
+    # equal model, settings and data shapes: the sampler compiled by an earlier call (_mcmc_cache)
+    settings = (target_accept_prob, dense_mass, max_tree_depth, num_warmup, num_samples, num_chains,
+                method, bool(progress_bar), mesh)
+    mcmc = _mcmc_cache.cached_mcmc(model, settings, (run_x, run_y, run_kwargs, init_params), make_mcmc)
+    mcmc.run(key_mcmc, run_x, run_y, init_params=init_params,
              extra_fields=("energy", "num_steps", "accept_prob", "diverging", "adapt_state.step_size"),
-             **kwargs)
+             **run_kwargs)
     samples = mcmc.get_samples(group_by_chain=True)
     stats = mcmc.get_extra_fields(group_by_chain=True)
 
-    flat = {k: v.reshape((-1,) + v.shape[2:]) for k, v in samples.items()}
-    if is_moe:
-        # constant entries (reference rows, K = 1 gates) stay out: see MoE.posterior_dims
-        kept = model.posterior_dims(xa.shape[1])
-        post = {k: np.asarray(v) for k, v in samples.items() if k in kept}
-        ll = _moe_pointwise_ll(model, flat, x_j, y_j, num_chains)
-        log_lik = {"y": ll}
-    else:
-        post = {k: np.asarray(v) for k, v in samples.items()}
-        lls = numpyro_log_likelihood(model, flat, x_j, y_j, **kwargs)
-        log_lik = {k: np.asarray(v).reshape((num_chains, num_samples) + v.shape[1:])
-                   for k, v in lls.items()}
-    data = {
-        "posterior": post,
-        "sample_stats": {
-            "energy": np.asarray(stats["energy"]),
-            "n_steps": np.asarray(stats["num_steps"]),
-            "tree_depth": np.floor(np.log2(np.asarray(stats["num_steps"]) + 1)).astype(int),
-            "acceptance_rate": np.asarray(stats["accept_prob"]),
-            "diverging": np.asarray(stats["diverging"]),
-            "step_size": np.asarray(stats["adapt_state.step_size"]),
-        },
-        "log_likelihood": log_lik,
-        "observed_data": {"y": np.asarray(ya)},
-        "constant_data": {"x": np.asarray(xa)},
+    stats_np = {
+        "energy": np.asarray(stats["energy"]),
+        "n_steps": np.asarray(stats["num_steps"]),
+        "tree_depth": np.floor(np.log2(np.asarray(stats["num_steps"]) + 1)).astype(int),
+        "acceptance_rate": np.asarray(stats["accept_prob"]),
+        "diverging": np.asarray(stats["diverging"]),
+        "step_size": np.asarray(stats["adapt_state.step_size"]),
     }
-    if posterior_predictive:
-        pred = Predictive(model, posterior_samples=flat, return_sites=["y"])(key_ppc, x_j, None, **kwargs)
-        data["posterior_predictive"] = {
-            "y": np.asarray(pred["y"]).reshape((num_chains, num_samples, -1))}
-    d = xa.shape[1]
-    coords = {"obs": np.arange(xa.shape[0]),
-              "feature": features if features else [f"x{j}" for j in range(d)]}
-    dims = {"x": ["obs", "feature"], "y": ["obs"]}
-    attrs = {"inference_library": "numpyro", "bayesmoe_chain_method": method}
-    if is_moe:
-        pdims = model.posterior_dims(d)
-        dims.update({k: list(v) for k, v in pdims.items() if k in post})
-        names = features if features else [f"x{j}" for j in range(d)]
-        for dim, labels in model.coords(names).items():
-            coords.setdefault(dim, np.asarray(labels))
-        if model.joint:
-            dims["x_obs"] = ["obs", "feature"]
-        attrs["bayesmoe_model"] = json.dumps(model.spec())
-        if model.response_name is not None:
-            attrs["bayesmoe_response"] = model.response_name
+    attrs = {"inference_library": "numpyro", "bayesmoe_chain_method": method,
+             "bayesmoe_n_devices": 1 if mesh is None else int(mesh.size)}
+    if is_moe and model.response_name is not None:
+        attrs["bayesmoe_response"] = model.response_name
     if map_fit is not None:
         attrs["map_log_likelihood"] = map_fit.log_likelihood
-    dt = from_dict(data, coords=coords, dims=dims, attrs={"/": attrs})
-    if is_moe and relabel and model.n_experts > 1:
-        from bayesmoe.inference.relabel import relabel as _relabel  # noqa: PLC0415
-
-        dt = _relabel(dt, model=model)
+    dt = _datatree.build(model, samples, xa, ya, x_j, y_j, features, kwargs, key_ppc,
+                         posterior_predictive=posterior_predictive, sample_stats=stats_np,
+                         attrs=attrs, relabel=relabel)
     _report(dt, stats, max_tree_depth, quiet)
     return dt
 
@@ -286,18 +275,3 @@ def _netcdf_safe(value: Any) -> Any:
     if isinstance(value, np.floating):
         return float(value)
     return value
-
-
-@partial(jax.jit, static_argnums=0)
-def _pointwise_ll(model: MoE, draws: dict, x, y):
-    """log p(y_i | x_i, theta_s) for a batch of draws (compiled once per model and shapes)."""
-    return jax.vmap(lambda p: model.log_likelihood(p, x, y))(draws)
-
-
-def _moe_pointwise_ll(model: MoE, flat: dict, x, y, num_chains: int) -> np.ndarray:
-    """log p(y_i | x_i, theta_s) for every draw s: (chain, draw, obs), in chunks of draws."""
-    names = model.site_names(x.shape[1])
-    full = {k: v for k, v in flat.items() if k in names}
-    out = map_draws(lambda p: _pointwise_ll(model, p, x, y), full,
-                    chunk_size(x.shape[0] * model.n_experts))
-    return out.reshape((num_chains, out.shape[0] // num_chains, -1))

@@ -1,0 +1,124 @@
+r"""Data-parallel likelihoods: the rows of (x, y) sharded over devices with ``jax.sharding``.
+
+A fit's programs are the same on one or many devices: the data arrays carry a
+``NamedSharding`` that splits their rows over a one-dimensional mesh (parameters are replicated), and
+XLA's SPMD partitioner turns every sum over rows -- the log-likelihood
+:math:`\sum_i \log p(y_i | x_i, \theta)`, its gradient, EM's sufficient statistics
+:math:`\sum_i r_{ik} z_i z_i^\top`, ... -- into per-device partial sums and an all-reduce. Nothing
+else changes, and with ``jax.distributed.initialize()`` the same code spans several hosts.
+
+The row count is padded to a multiple of the number of devices with copies of the first row whose
+weight is zero (a boolean ``mask``: the model's ``mask`` keyword for likelihood-based fits, EM's row
+weights), so no row is ever dropped and the padding adds exactly nothing. The same padding, to size
+buckets, lets fits on n and n + 1 rows share their compiled optimiser loops (on one device too).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+__all__ = ["ShardedData", "as_mesh", "shard_rows"]
+
+
+class ShardedData(NamedTuple):
+    """Rows padded to a multiple of the device count and sharded: x (n_pad, d), y (n_pad,), mask
+    (n_pad,) True for the n real rows."""
+
+    x: jax.Array
+    y: jax.Array
+    mask: jax.Array
+    n: int
+
+
+def as_mesh(devices: Any) -> Mesh | None:
+    """A one-axis (or the user's) mesh from ``devices``: None (no sharding), a ``jax.sharding.Mesh``,
+    or a non-empty sequence of distinct ``jax.Device``. Raises TypeError/ValueError naming
+    ``devices``."""
+    if devices is None:
+        return None
+    if isinstance(devices, Mesh):
+        if devices.size < 1:
+            raise ValueError("`devices` is an empty Mesh")
+        return devices
+    if isinstance(devices, (str, bytes)) or not isinstance(devices, Sequence):
+        raise TypeError("`devices` must be None, a jax.sharding.Mesh or a list of jax devices "
+                        f"(e.g. jax.devices()), got {type(devices).__name__}")
+    devs = list(devices)
+    if not devs:
+        raise ValueError("`devices` is an empty list")
+    if not all(isinstance(d, jax.Device) for d in devs):
+        bad = next(d for d in devs if not isinstance(d, jax.Device))
+        raise TypeError(f"`devices` must hold jax devices (from jax.devices()), got {bad!r}")
+    if len({d.id for d in devs}) != len(devs):
+        raise ValueError("`devices` lists a device more than once")
+    return Mesh(np.asarray(devs), ("rows",))
+
+
+def _rows_spec(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Rows split over every axis of the mesh, other axes replicated."""
+    return NamedSharding(mesh, PartitionSpec(tuple(mesh.axis_names), *([None] * (ndim - 1))))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def padded_size(n: int, n_devices: int, bucket: bool = False) -> int:
+    r"""The padded row count: n rounded up to its size bucket (``bucket``: the smallest
+    :math:`m 2^e \ge n` with :math:`m < 16`, i.e. at most 1/8 more rows) and then to a multiple of
+    ``n_devices``."""
+    if bucket:
+        step = 1 << max(0, int(n).bit_length() - 4)
+        n = -(-n // step) * step
+    return -(-n // n_devices) * n_devices
+
+
+def shard_rows(mesh: Mesh | None, x, y, bucket: bool = False) -> ShardedData:
+    """Pad (x, y) with zero-weight copies of row 0 to :func:`padded_size` rows and, given a mesh,
+    shard the rows over it.
+
+    With ``bucket=True`` data sets whose sizes share a bucket share one compiled program (n and
+    n + 1 rows do, except across a bucket edge)."""
+    n = int(x.shape[0])
+    n_pad = padded_size(n, 1 if mesh is None else mesh.size, bucket)
+    idx = np.where(np.arange(n_pad) < n, np.arange(n_pad), 0)
+    xp, yp = (jnp.asarray(x)[idx], jnp.asarray(y)[idx]) if n_pad != n else (x, y)
+    mask = jnp.asarray(np.arange(n_pad) < n)
+    if mesh is None:
+        return ShardedData(xp, yp, mask, n)
+    return ShardedData(jax.device_put(xp, _rows_spec(mesh, xp.ndim)),
+                       jax.device_put(yp, _rows_spec(mesh, yp.ndim)),
+                       jax.device_put(mask, _rows_spec(mesh, 1)), n)
+
+
+def em_fit(model, data: ShardedData, init: dict, *, max_steps: int, tol: float, floors: dict):
+    """EM (:func:`bayesmoe.inference.em.em_fit`'s loop) on padded (and possibly sharded) rows,
+    padding rows weighted 0.
+
+    ``init``: full parameters with a leading start axis (already checked); returns an ``EMResult``.
+    """
+    from bayesmoe.inference import em  # noqa: PLC0415
+
+    dtype = data.x.dtype
+    starts = model.regauge({k: jnp.asarray(v, dtype) for k, v in model.check_params(
+        init, data.x.shape[1], batch_ndim=1, name="init").items()})
+    floors = {k: jnp.asarray(v, dtype) for k, v in floors.items()}
+    params, ll, steps, conv, _ = _em_sharded(model, data.x, data.y, starts,
+                                             jnp.asarray(max_steps, jnp.int32), jnp.asarray(tol, dtype),
+                                             floors, data.mask)
+    return em.EMResult(params, ll, steps, conv, None)
+
+
+def _em_core_masked(model, x, y, starts, max_steps, tol, floors, mask):
+    from bayesmoe.inference import em  # noqa: PLC0415
+
+    return em._em_core(model, x, y, starts, max_steps, tol, floors, 0, mask)
+
+
+_em_sharded = jax.jit(_em_core_masked, static_argnames=("model",))
