@@ -19,8 +19,9 @@ import numpy as np
 
 __all__ = ["at_floor", "coinciding", "fit_problems"]
 
-#: relative margin above a floor that counts as "at the floor"
-_FLOOR_MARGIN = 1e-3
+#: relative margin above a floor that counts as "at the floor" (an optimiser creeping towards a
+#: floor stops within a fraction of a percent of it)
+_FLOOR_MARGIN = 1e-2
 #: gate log-odds change per regressor standard deviation above which separation is tested
 _SHARP = 5.0
 

@@ -93,6 +93,21 @@ def log_joint(model_fn: Callable, theta: dict, args: tuple, kwargs: dict,
     return total
 
 
+def pointwise_log_lik(model_fn: Callable, theta: dict, args: tuple, kwargs: dict, n: int) -> jnp.ndarray:
+    """Per-observation log-density of the observed sites, shape (n,): sites whose log-density does
+    not have a leading axis of length ``n`` contribute nothing."""
+    tr = trace(substitute(model_fn, data=theta)).get_trace(*args, **kwargs)
+    total = jnp.zeros((n,))
+    for site in tr.values():
+        if site["type"] == "sample" and site["is_observed"]:
+            lp = site["fn"].log_prob(site["value"])
+            if site.get("scale") is not None:
+                lp = lp * site["scale"]
+            if jnp.ndim(lp) >= 1 and lp.shape[0] == n:
+                total = total + jnp.sum(jnp.reshape(lp, (n, -1)), axis=1)
+    return total
+
+
 def all_values(model_fn: Callable, theta: dict, args: tuple, kwargs: dict) -> dict:
     """Latent and deterministic site values at ``theta`` (observed sites excluded)."""
     tr = trace(substitute(seed(model_fn, 0), data=theta)).get_trace(*args, **kwargs)

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import optax
+from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
 
 from bayesmoe.inference import _objective as obj
@@ -35,14 +36,56 @@ class Objective:
     def transforms(self, x, y, kwargs, floors) -> dict:
         return obj.transforms(obj.latent_sites(self.model, (x, y), kwargs), floors)
 
+    @staticmethod
+    def rows(x, kwargs):
+        """The number of real observations (padding rows, masked out, are not counted)."""
+        return jnp.sum(kwargs["mask"]) if "mask" in kwargs else x.shape[0]
+
     def __call__(self, u, x, y, kwargs, floors):
         theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)
-        rows = jnp.sum(kwargs["mask"]) if "mask" in kwargs else x.shape[0]  # padding rows: not counted
-        return -obj.log_joint(self.model, theta, (x, y), kwargs, self.prior) / rows
+        return -obj.log_joint(self.model, theta, (x, y), kwargs, self.prior) / self.rows(x, kwargs)
 
     def log_likelihood(self, u, x, y, kwargs, floors):
         theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)
         return obj.log_joint(self.model, theta, (x, y), kwargs, False)
+
+    def pointwise(self, u, x, y, kwargs, floors):
+        theta = obj.constrain(self.transforms(x, y, kwargs, floors), u)
+        return obj.pointwise_log_lik(self.model, theta, (x, y), kwargs, x.shape[0])
+
+
+#: above this many free parameters the diagonal preconditioner is not computed (one forward-mode
+#: pass per parameter)
+PRECONDITION_MAX_PARAMS = 512
+
+
+@partial(jax.jit, static_argnames=("objective",))
+def fisher_scale(objective: Objective, u: dict, data) -> dict:
+    r"""Diagonal preconditioner per start: :math:`s_j = \sqrt{\bar F_{jj}}`, with
+    :math:`\bar F_{jj} = n^{-1} \sum_i (\partial \ell_i / \partial u_j)^2` the empirical Fisher
+    information of parameter j at the start (forward mode, one pass per parameter).
+
+    The optimiser then works on :math:`v = s \odot u`, in which every parameter has unit curvature
+    to first order: the path no longer depends on the data's units, and gate and expert parameters of
+    very different curvature (an expert's location in units of a small noise scale beside a gate
+    slope) stop slowing L-BFGS down. Entries are bounded below by 1e-4 of the largest (parameters
+    with no information at the start) and above by 1e6.
+    """
+    def one(v):
+        flat, unravel = ravel_pytree(v)
+        jac = jax.jacfwd(lambda f: objective.pointwise(unravel(f), *data))(flat)  # (n, P)
+        info = jnp.sum(jnp.where(jnp.isfinite(jac), jac, 0.0) ** 2, axis=0) / Objective.rows(data[0],
+                                                                                             data[2])
+        top = jnp.max(info)
+        info = jnp.where(top > 0, jnp.clip(info, 1e-4 * top, 1e12), 1.0)
+        return unravel(jnp.sqrt(info))
+
+    return jax.vmap(one)(u)
+
+
+#: L-BFGS stops once the Newton decrement of the total log-likelihood is below this twice in a row:
+#: the optimum is then closer than about sqrt(dtol) standard errors, in any units.
+NEWTON_DECREMENT_TOL = {"float32": 1e-3, "float64": 1e-8}
 
 
 class OptState(NamedTuple):
@@ -53,6 +96,7 @@ class OptState(NamedTuple):
     steps: jnp.ndarray
     done: jnp.ndarray
     grad_max: jnp.ndarray
+    scale: dict  # diagonal preconditioner: the optimiser works on u * scale (ones: none)
 
 
 def _optimizer(method: str, learning_rate: float) -> optax.GradientTransformation:
@@ -62,22 +106,24 @@ def _optimizer(method: str, learning_rate: float) -> optax.GradientTransformatio
 
 
 @partial(jax.jit, static_argnames=("objective", "method", "learning_rate"))
-def _init(objective, method, learning_rate, u0, data) -> OptState:
+def _init(objective, method, learning_rate, u0, scale, data) -> OptState:
     opt = _optimizer(method, learning_rate)
     S = jax.tree.leaves(u0)[0].shape[0]
     values = jax.vmap(lambda u: objective(u, *data))(u0)
-    return OptState(u0, jax.vmap(opt.init)(u0), values, jnp.zeros(S, jnp.int32),
-                    jnp.zeros(S, jnp.int32), ~jnp.isfinite(values), jnp.full(S, jnp.inf, values.dtype))
+    v0 = jax.tree.map(jnp.multiply, u0, scale)
+    return OptState(v0, jax.vmap(opt.init)(v0), values, jnp.zeros(S, jnp.int32),
+                    jnp.zeros(S, jnp.int32), ~jnp.isfinite(values), jnp.full(S, jnp.inf, values.dtype),
+                    scale)
 
 
 @partial(jax.jit, static_argnames=("objective", "method", "learning_rate", "chunk", "max_steps",
-                                   "tol", "gtol"))
-def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, s: OptState,
+                                   "tol", "gtol", "dtol"))
+def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, dtol, s: OptState,
                data) -> OptState:
     opt = _optimizer(method, learning_rate)
 
     def one_step(s: OptState) -> OptState:
-        fn = lambda u: objective(u, *data)
+        fn = lambda v: objective(jax.tree.map(jnp.divide, v, s.scale), *data)
         if method == "lbfgs":
             value, grad = optax.value_and_grad_from_state(fn)(s.u, state=s.opt)
             updates, new_opt = opt.update(grad, s.opt, s.u, value=value, grad=grad, value_fn=fn)
@@ -88,14 +134,22 @@ def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, s:
         gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grad)]))
         finite = jnp.isfinite(value)
         decrease = s.value - value
-        small = jnp.where(jnp.abs(decrease) <= tol * (1.0 + jnp.abs(value)), s.small + 1, 0)
+        negligible = jnp.abs(decrease) <= tol * (1.0 + jnp.abs(value))
+        if method == "lbfgs" and dtol > 0:
+            # Newton decrement of the total objective, -n g.d, with d the quasi-Newton step taken:
+            # invariant to affine reparametrisation (units, standardisation), unlike |g| or |f|
+            n_obs = objective.rows(data[0], data[2])
+            dec = -n_obs * sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
+                                                              jax.tree.leaves(updates), strict=True))
+            negligible = negligible | (jnp.abs(dec) <= dtol)
+        small = jnp.where(negligible, s.small + 1, 0)
         done = (small >= 2) | ~finite | ((gmax <= gtol) & (small >= 1))
         frozen = s.done | (s.steps >= max_steps)
         keep = lambda old, new: jax.tree.map(lambda a, b: jnp.where(frozen | ~finite, a, b), old, new)
         return OptState(keep(s.u, new_u), keep(s.opt, new_opt),
                         jnp.where(frozen, s.value, value), jnp.where(frozen, s.small, small),
                         s.steps + jnp.where(frozen, 0, 1), s.done | (done & ~frozen),
-                        jnp.where(frozen, s.grad_max, gmax))
+                        jnp.where(frozen, s.grad_max, gmax), s.scale)
 
     def body(c):
         s, j = c
@@ -115,22 +169,37 @@ def start_log_likelihoods(objective: Objective, u, data):
 
 
 def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: int, tol: float,
-        gtol: float, learning_rate: float = 0.02, chunk: int = 50,
-        progress_bar: bool = False, desc: str = "fit") -> OptState:
-    """Minimise ``objective(u, *data)`` from every start in ``u0`` (leading axis S)."""
-    state = _init(objective, method, float(learning_rate), u0, data)
+        gtol: float, dtol: float = 0.0, learning_rate: float = 0.02, chunk: int = 50,
+        progress_bar: bool = False, desc: str = "fit", precondition: bool = True,
+        scale: dict | None = None) -> OptState:
+    """Minimise ``objective(u, *data)`` from every start in ``u0`` (leading axis S).
+
+    A start stops after two consecutive steps that are negligible: a relative change of the objective
+    below ``tol``, or (L-BFGS) a Newton decrement ``-n g.d`` of the total objective below ``dtol``; or
+    after one such step with every gradient entry below ``gtol``. L-BFGS works on the diagonally
+    preconditioned ``u * scale`` (:func:`fisher_scale` unless ``scale`` is given or ``precondition`` is
+    off); the returned state holds ``u`` itself.
+    """
+    n_params = sum(int(v[0].size) for v in jax.tree.leaves(u0))
+    if scale is not None:  # e.g. the preconditioner of a screening run, reused for the refinement
+        pass
+    elif precondition and method == "lbfgs" and n_params <= PRECONDITION_MAX_PARAMS:
+        scale = fisher_scale(objective, u0, data)
+    else:
+        scale = jax.tree.map(jnp.ones_like, u0)
+    state = _init(objective, method, float(learning_rate), u0, scale, data)
     n_chunks = -(-max_steps // chunk)
     with tqdm(total=max_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
         done_steps = 0
         for _ in range(n_chunks):
             state = _run_chunk(objective, method, float(learning_rate), chunk, max_steps, float(tol),
-                               float(gtol), state, data)
+                               float(gtol), float(dtol), state, data)
             now = int(jnp.max(state.steps))
             bar.update(now - done_steps)
             done_steps = now
             if bool(jnp.all(state.done | (state.steps >= max_steps))):
                 break
-    return state
+    return state._replace(u=jax.tree.map(jnp.divide, state.u, state.scale))
 
 
 def _values(objective: Objective, u, data) -> dict:

@@ -204,6 +204,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
     dtype = jnp.result_type(float)
     tol = float(tol) if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-12)
     gtol = 1e-4 if dtype == jnp.float32 else 1e-8
+    dtol = _optimize.NEWTON_DECREMENT_TOL[jnp.dtype(dtype).name]
     max_steps = max_steps or {"lbfgs": 500, "adam": 3000, "em": 2000}[method]
     x_j = jnp.asarray(xa, dtype)
     y_j = jnp.asarray(ya, model.y_dtype()) if isinstance(model, MoE) else jnp.asarray(ya, dtype)
@@ -279,7 +280,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         u_best = _lift(u_best, floors)
         if prior:  # polish the EM answer on the posterior
             st = _optimize.run(objective, _stack([u_best]), run_data, method="lbfgs",
-                               max_steps=500, tol=tol, gtol=gtol, progress_bar=progress_bar)
+                               max_steps=500, tol=tol, gtol=gtol, dtol=dtol, progress_bar=progress_bar)
             u_best = _index(st.u, 0)
             n_steps += int(st.steps[0])
     else:
@@ -288,18 +289,19 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
             idx = _subsample(n, screen_size, seed)
             sub = (x_j[idx], y_j[idx], kwargs, floors)
             st = _optimize.run(objective, u0, sub, method=method, max_steps=max_steps, tol=tol,
-                               gtol=gtol, learning_rate=learning_rate, progress_bar=progress_bar,
+                               gtol=gtol, dtol=dtol, learning_rate=learning_rate, progress_bar=progress_bar,
                                desc="screen starts")
             start_ll = -np.asarray(st.value) * screen_size
             best = _best(-np.asarray(st.value), _u_doubtful(model, st.u, floors))
             st = _optimize.run(objective, _stack([_index(st.u, best)]), data, method=method,
-                               max_steps=max_steps, tol=tol, gtol=gtol, learning_rate=learning_rate,
+                               scale=_stack([_index(st.scale, best)]), max_steps=max_steps, tol=tol,
+                               gtol=gtol, dtol=dtol, learning_rate=learning_rate,
                                progress_bar=progress_bar, desc="refine")
             best_i = 0
             extra["screened_on"] = screen_size
         else:
             st = _optimize.run(objective, u0, data, method=method, max_steps=max_steps, tol=tol,
-                               gtol=gtol, learning_rate=learning_rate, progress_bar=progress_bar)
+                               gtol=gtol, dtol=dtol, learning_rate=learning_rate, progress_bar=progress_bar)
             best_i = _best(-np.asarray(st.value), _u_doubtful(model, st.u, floors))
             start_ll = None
         u_best = _index(st.u, best_i)
