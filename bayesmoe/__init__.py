@@ -26,8 +26,12 @@ _LAZY = {
     "set_compilation_cache": "bayesmoe._cache",
     "SamplerWarning": "bayesmoe.inference.diagnostics",
     "FitWarning": "bayesmoe.inference.result",
+    "LassoPath": "bayesmoe.lasso",
+    "lasso_path": "bayesmoe.lasso",
+    "plot_lasso_path": "bayesmoe.lasso",
 }
-_SUBMODULES = ("datasets", "experts", "family", "gates", "metrics", "priors", "plots", "inference", "nn")
+_SUBMODULES = ("datasets", "experts", "family", "gates", "metrics", "penalties", "priors", "plots",
+               "inference", "nn")
 
 
 def __getattr__(name: str):
@@ -59,7 +63,7 @@ def relabel(idata, method: str = "ecr", **kwargs):
     return _relabel(idata, method=method, **kwargs)
 
 
-__all__ = ["Expert", "FitResult", "FitWarning", "Gate", "MixtureOfExperts", "MoE", "Param", "Prediction",
-           "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family", "fit_map",
-           "fit_mle", "gates", "metrics", "nn", "plots", "priors", "relabel", "sample",
-           "set_compilation_cache", "set_host_device_count"]
+__all__ = ["Expert", "FitResult", "FitWarning", "Gate", "LassoPath", "MixtureOfExperts", "MoE", "Param",
+           "Prediction", "SamplerWarning", "Simulation", "datasets", "enable_x64", "experts", "family",
+           "fit_map", "fit_mle", "gates", "lasso_path", "metrics", "nn", "penalties", "plot_lasso_path",
+           "plots", "priors", "relabel", "sample", "set_compilation_cache", "set_host_device_count"]
