@@ -51,8 +51,9 @@ def test_path_dataset(path_fit):
     assert len(fig.axes) == 4
 
 
-def test_bad_path_input(path_fit):
-    x, y, truth, model, path = path_fit
+def test_bad_path_input():
+    x, y, _ = simulate_sparse(0, n=60, p=10)
+    model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2)
     with pytest.raises(ValueError, match="`criterion`"):
         bm.lasso_path(model, x, y, criterion="cv")
     with pytest.raises(ValueError, match="`lambdas`"):
