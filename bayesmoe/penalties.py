@@ -46,7 +46,7 @@ __all__ = ["L1", "PenaltyWeights", "em_update", "lambda_max", "n_zero_slopes", "
 
 Params = dict[str, Any]
 # proximal-gradient iterations and Newton steps per family per EM step
-_PROX_STEPS = 30
+_PROX_STEPS = 10
 _NEWTON_STEPS = 5
 # an adaptive weight of a zero initial estimate (the coefficient stays at zero in practice)
 _MAX_WEIGHT = 1e6
