@@ -1,15 +1,20 @@
-r"""The Lasso path of a MoE: penalised fits from :math:`\lambda_{\max}` down, and the chosen one.
+r"""The Lasso path of a MoE: penalised fits along a grid of levels, and the chosen one.
 
 :func:`lasso_path` fits the l1-penalised MoE (:mod:`bayesmoe.penalties`) on a decreasing grid of levels
-:math:`\lambda_1 = \lambda_{\max} > \dots > \lambda_L`, each fit warm-started at the previous answer
-(one compiled EM program, reused along the path). :math:`\lambda_{\max}` is the smallest level at which
-the fit with every slope at zero (a mixture with constant gates and constant expert means, itself fitted
-by EM from several data-driven starts) satisfies the optimality conditions of the penalised problem,
-:math:`\lambda_{\max} = \max_j |\partial\ell/\partial\theta_j| / (n w_j)`; the default grid is
-geometric down to ``lambda_min_ratio`` times it. The level is chosen by an information criterion with
-the Lasso's degrees of freedom (the number of nonzero slopes plus the unpenalised parameters; Zou,
-Hastie & Tibshirani 2007; Khalili & Chen 2007 use the same count for mixtures of regressions):
-:math:`\mathrm{BIC}(\lambda) = -2\ell(\hat\theta_\lambda) + \mathrm{df}(\lambda)\log n`, or ICL / AIC.
+:math:`\lambda_1 > \dots > \lambda_L`, each fit warm-started at the previous answer (one compiled EM
+program, reused along the path). The penalised likelihood of a mixture is not concave (not even for one
+expert with its scale estimated), so the path is walked twice: down from the all-zero fit and up from
+dense data-driven starts; each level keeps the answer with the larger penalised likelihood.
+
+:math:`\lambda_{\max}` is the smallest level at which the fit with every slope at zero (a mixture with
+constant gates and constant expert means, itself fitted by EM from several data-driven starts)
+satisfies the optimality conditions of the penalised problem,
+:math:`\lambda_{\max} = \max_j |\partial\ell/\partial\theta_j| / (n w_j)`; the default grid is geometric
+from ``lambda_max_ratio`` to ``lambda_min_ratio`` times it. The level is chosen by an information
+criterion with the Lasso's degrees of freedom (the number of nonzero slopes plus the unpenalised
+parameters; Zou, Hastie & Tibshirani 2007):
+:math:`\mathrm{BIC}(\lambda) = -2\ell(\hat\theta_\lambda) + \mathrm{df}(\lambda)\log n`, or ICL / AIC, with
+:math:`\ell` by default the log-likelihood of the unpenalised refit on the level's support (relaxed).
 """
 
 from __future__ import annotations
