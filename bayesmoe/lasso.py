@@ -31,6 +31,7 @@ from jax.scipy.special import logsumexp
 from bayesmoe import penalties as _pen
 from bayesmoe._random import seed_int
 from bayesmoe._validation import check_bool, check_positive_int, check_real, column_names
+from bayesmoe.family import REGRESSOR
 from bayesmoe.inference import _standardize
 from bayesmoe.inference.init import data_starts
 from bayesmoe.inference.result import FitResult
@@ -40,6 +41,8 @@ __all__ = ["CRITERIA", "LassoPath", "lasso_path", "plot_lasso_path", "selection_
 CRITERIA = ("bic", "icl", "aic")
 # the level of the all-zero fit that lambda_max is computed at (every slope is thresholded away)
 _NULL_LAM = 1e4
+#: memory allowed for the data-driven starts' normal equations (above it, starts use screened features)
+_MAX_START_BYTES = 2**30
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +92,33 @@ def _criteria_terms(model, params, x, y):
 
 
 _criteria = jax.jit(jax.vmap(_criteria_terms, in_axes=(None, 0, None, None)), static_argnums=0)
+
+
+def _starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) -> dict:
+    """Data-driven starts; with many features (where the starts' normal equations, n (p+1)^2 numbers,
+    would not fit in ``_MAX_START_BYTES``) from the q features most correlated with y (sure independence
+    screening, Fan & Lv 2008), the other slopes at zero. The screening needs families whose regressors
+    are x and whose only per-feature sites are slopes; otherwise the plain starts are used."""
+    n, d = x.shape
+    m = max(f.n_features(d) for f in model.families) + 1
+    size = n * m * m * x.dtype.itemsize
+    per_feature = [p for f in model.families for p in f.param_table()
+                   if REGRESSOR in p.dims or "feature" in p.dims]
+    if (size <= _MAX_START_BYTES or not all(f.x_affine(d) for f in model.families)
+            or any(p.affine != "coef" for p in per_feature) or model.expert.is_discrete):
+        return data_starts(model, x, y, n_starts, rng, floors)
+    q = int(min(d, max(1, np.sqrt(_MAX_START_BYTES / (n * x.dtype.itemsize)) - 1)))
+    xn, yn = np.asarray(x, float), np.asarray(y, float)
+    corr = np.abs((xn - xn.mean(0)).T @ (yn - yn.mean())) / (xn.std(0) + 1e-12)
+    cols = np.sort(np.argsort(-corr)[:q])
+    small = data_starts(model, x[:, cols], y, n_starts, rng, floors)
+    out = dict(small)
+    for p in per_feature:
+        v = np.asarray(small[p.name])
+        full = np.zeros(v.shape[:-1] + (d,), v.dtype)
+        full[..., cols] = v
+        out[p.name] = jnp.asarray(full)
+    return out
 
 
 def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_ratio: float = 0.1,
@@ -164,7 +194,7 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
     w1 = {k: jnp.asarray(v, dtype) for k, v in _pen.site_weights(unit, model, d, std).items()}
 
     # the all-zero fit: a mixture with constant gates and expert means, from several starts
-    dense = data_starts(model, x_j, y_j, n_starts, np.random.default_rng(seed), floors)
+    dense = _starts(model, x_j, y_j, n_starts, np.random.default_rng(seed), floors)
     starts = _zero_slopes(dense, w1)
     null_pen = _pen.PenaltyWeights({k: _NULL_LAM * v for k, v in w1.items()})
     # every EM call below has n_starts chains: one compiled program for the whole path
