@@ -36,9 +36,12 @@ _LAZY = {
     "plot_selection": "bayesmoe.selection",
     "convergence_rate": "bayesmoe.experiments",
     "plot_convergence": "bayesmoe.experiments",
+    "LassoPath": "bayesmoe.lasso",
+    "lasso_path": "bayesmoe.lasso",
+    "plot_lasso_path": "bayesmoe.lasso",
 }
 _SUBMODULES = ("datasets", "experiments", "experts", "family", "formula", "gates", "gllim", "metrics",
-               "priors", "plots", "inference", "nn", "selection")
+               "penalties", "priors", "plots", "inference", "nn", "selection")
 
 
 def __getattr__(name: str):

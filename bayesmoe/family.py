@@ -444,7 +444,7 @@ class Family(abc.ABC):
                 continue
             shape = p.free_shape(sizes)
             prior = _priors.resolve(priors, p.name, p.prior(scale, sizes), shape)
-            v = numpyro.sample(p.site, prior)
+            v = _priors.draw(p.site, prior, shape)
             if p.reference:
                 v = numpyro.deterministic(p.name, _append_zero(v, p))
             out[p.name] = v

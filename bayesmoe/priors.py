@@ -32,12 +32,19 @@ and the multinomial-logistic expert, the prior applies to the free rows (the ref
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from typing import NamedTuple
 
 import jax.numpy as jnp
+import numpyro
 import numpyro.distributions as dist
 
-__all__ = ["Scale", "data_scale", "intercept_inflation", "resolve"]
+__all__ = ["Horseshoe", "Scale", "data_scale", "draw", "horseshoe", "intercept_inflation", "laplace",
+           "resolve"]
+
+#: the slope sites of the built-in families (the sites their tables tag ``affine="coef"``)
+SLOPE_SITES = ("gate_coef", "expert_coef")
 
 #: lower bound used for data standard deviations that are zero (constant columns)
 _SD_FLOOR = 1e-8
@@ -79,6 +86,8 @@ def resolve(priors: dict | None, name: str, default: dist.Distribution,
     dims of the result are declared with ``to_event`` so the site has a single log-density.
     """
     d = default if priors is None or name not in priors else priors[name]
+    if isinstance(d, Horseshoe):
+        return d
     if not isinstance(d, dist.Distribution):
         raise ValueError(f"`priors[{name!r}]` must be a numpyro Distribution, got {type(d).__name__}")
     event_nd = len(d.event_shape)
@@ -93,3 +102,73 @@ def resolve(priors: dict | None, name: str, default: dist.Distribution,
             raise ValueError(f"`priors[{name!r}]` with batch shape {d.batch_shape} cannot be "
                              f"broadcast to the site shape {shape}") from err
     return d.to_event(len(batch_shape)) if batch_shape else d
+
+
+# ----------------------------------------------------------------------------- sparsity priors
+def _check_scale(value, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or value <= 0:
+        raise ValueError(f"`{name}` must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def _check_sites(sites) -> tuple[str, ...]:
+    if isinstance(sites, str) or not all(isinstance(s, str) for s in sites) or not sites:
+        raise ValueError(f"`sites` must be a non-empty tuple of site names, got {sites!r}")
+    return tuple(sites)
+
+
+def laplace(scale: float, sites: tuple[str, ...] = SLOPE_SITES) -> dict:
+    r"""Independent Laplace(0, ``scale``) priors on the slope sites (the Bayesian Lasso).
+
+    :param scale: the Laplace scale b > 0, in the units of the slopes (MAP = Lasso at
+        :math:`\lambda = 1/(n b)` per observation).
+    :param sites: the sites to put it on (default both slope sites; e.g. ``("expert_coef",)`` for a
+        Gaussian-gated model).
+    :returns: a ``priors`` dict for :class:`bayesmoe.MoE`.
+    """
+    b = _check_scale(scale, "scale")
+    return {s: dist.Laplace(0.0, b) for s in _check_sites(sites)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Horseshoe:
+    """The regularised horseshoe on one slope site (see the module docstring); use :func:`horseshoe`."""
+
+    global_scale: float
+    slab_scale: float = 2.0
+    slab_df: float = 4.0
+
+    def sample(self, site: str, shape: tuple[int, ...]):
+        """Declare the hierarchy's sample sites and return the slopes (a deterministic site)."""
+        tau = numpyro.sample(f"{site}_hs_tau", dist.HalfCauchy(self.global_scale))
+        lam = numpyro.sample(f"{site}_hs_lambda", dist.HalfCauchy(jnp.ones(shape)).to_event(len(shape)))
+        half = 0.5 * self.slab_df
+        c2 = numpyro.sample(f"{site}_hs_c2", dist.InverseGamma(half, half * self.slab_scale ** 2))
+        z = numpyro.sample(f"{site}_hs_z", dist.Normal(jnp.zeros(shape), 1.0).to_event(len(shape)))
+        lam_t = jnp.sqrt(c2 * lam ** 2 / (c2 + tau ** 2 * lam ** 2))
+        return numpyro.deterministic(site, z * tau * lam_t)
+
+
+def horseshoe(global_scale: float, *, slab_scale: float = 2.0, slab_df: float = 4.0,
+              sites: tuple[str, ...] = SLOPE_SITES) -> dict:
+    r"""Regularised horseshoe priors (Piironen & Vehtari 2017) on the slope sites.
+
+    :param global_scale: :math:`\tau_0 > 0`, the scale of the half-Cauchy prior of the global
+        shrinkage :math:`\tau` (e.g. :math:`p_0/(p - p_0)\,\sigma/\sqrt n`).
+    :param slab_scale: s, the scale of the slab that bounds the largest slopes (units of the slopes).
+    :param slab_df: :math:`\nu`, the slab's degrees of freedom.
+    :param sites: the sites (default both slope sites).
+    :returns: a ``priors`` dict for :class:`bayesmoe.MoE` (sample with ``init="random"``).
+    """
+    hs = Horseshoe(_check_scale(global_scale, "global_scale"), _check_scale(slab_scale, "slab_scale"),
+                   _check_scale(slab_df, "slab_df"))
+    return {s: hs for s in _check_sites(sites)}
+
+
+def draw(site: str, prior, shape: tuple[int, ...]):
+    """Sample a site from a resolved prior: a NumPyro distribution, or a hierarchical prior
+    (:class:`Horseshoe`) that declares its own sites."""
+    if isinstance(prior, Horseshoe):
+        return prior.sample(site, shape)
+    return numpyro.sample(site, prior)

@@ -97,11 +97,13 @@ def shard_rows(mesh: Mesh | None, x, y, bucket: bool = False) -> ShardedData:
                        jax.device_put(mask, _rows_spec(mesh, 1)), n)
 
 
-def em_fit(model, data: ShardedData, init: dict, *, max_steps: int, tol: float, floors: dict):
+def em_fit(model, data: ShardedData, init: dict, *, max_steps: int, tol: float, floors: dict,
+           penalty=None):
     """EM (:func:`bayesmoe.inference.em.em_fit`'s loop) on padded (and possibly sharded) rows,
     padding rows weighted 0.
 
-    ``init``: full parameters with a leading start axis (already checked); returns an ``EMResult``.
+    ``init``: full parameters with a leading start axis (already checked); ``penalty``: None or a
+    :class:`bayesmoe.penalties.PenaltyWeights` (the penalised EM). Returns an ``EMResult``.
     """
     from bayesmoe.inference import em  # noqa: PLC0415
 
@@ -111,14 +113,14 @@ def em_fit(model, data: ShardedData, init: dict, *, max_steps: int, tol: float, 
     floors = {k: jnp.asarray(v, dtype) for k, v in floors.items()}
     params, ll, steps, conv, _ = _em_sharded(model, data.x, data.y, starts,
                                              jnp.asarray(max_steps, jnp.int32), jnp.asarray(tol, dtype),
-                                             floors, data.mask)
+                                             floors, data.mask, penalty)
     return em.EMResult(params, ll, steps, conv, None)
 
 
-def _em_core_masked(model, x, y, starts, max_steps, tol, floors, mask):
+def _em_core_masked(model, x, y, starts, max_steps, tol, floors, mask, penalty=None):
     from bayesmoe.inference import em  # noqa: PLC0415
 
-    return em._em_core(model, x, y, starts, max_steps, tol, floors, 0, mask)
+    return em._em_core(model, x, y, starts, max_steps, tol, floors, 0, mask, penalty)
 
 
 _em_sharded = jax.jit(_em_core_masked, static_argnames=("model",))

@@ -68,6 +68,7 @@ import numpy as np
 from jax import lax
 from jax.scipy.special import logsumexp
 
+from bayesmoe import penalties as _penalties
 from bayesmoe._validation import check_positive_int
 
 Params = dict[str, Any]
@@ -106,20 +107,27 @@ class EMState(NamedTuple):
     trace: jnp.ndarray | None
 
 
-def _estep(model, params, x, y, w=None):
+def _estep(model, params, x, y, w=None, penalty=None):
     """Responsibilities (n, K) and the observed-data log-likelihood (scalar). Rows of weight
-    ``w = 0`` (padding, see :mod:`bayesmoe.inference._sharding`) get zero responsibilities and add 0."""
+    ``w = 0`` (padding, see :mod:`bayesmoe.inference._sharding`) get zero responsibilities and add 0.
+    With a :class:`~bayesmoe.penalties.PenaltyWeights`, the log-likelihood is the penalised objective
+    (minus n times the penalty, plus the log prior for MAP; n the number of real rows)."""
     lj = model.log_joint_terms(params, x, y)
     lli = logsumexp(lj, axis=-1)
     r = jnp.exp(lj - lli[:, None])
     if w is None:
-        return r, jnp.sum(lli)
-    return jnp.where(w[:, None], r, 0.0), jnp.sum(jnp.where(w, lli, 0.0))
+        ll = jnp.sum(lli)
+    else:
+        r, ll = jnp.where(w[:, None], r, 0.0), jnp.sum(jnp.where(w, lli, 0.0))
+    if penalty is not None:
+        n = x.shape[0] if w is None else jnp.sum(w)
+        ll = ll + _penalties.objective_terms(model, params, x, penalty, n=n)
+    return r, ll
 
 
-def init(model, params: Params, x, y, trace_len: int = 0, w=None) -> EMState:
+def init(model, params: Params, x, y, trace_len: int = 0, w=None, penalty=None) -> EMState:
     """The EM state at ``params`` (one E-step); ``w``: optional (n,) bool row mask."""
-    r, ll = _estep(model, params, x, y, w)
+    r, ll = _estep(model, params, x, y, w, penalty)
     trace = None
     if trace_len:
         trace = jnp.full((trace_len,), jnp.nan, x.dtype).at[0].set(ll)
@@ -127,11 +135,16 @@ def init(model, params: Params, x, y, trace_len: int = 0, w=None) -> EMState:
                    trace)
 
 
-def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None) -> EMState:
-    """One M-step (both families) then one E-step. A non-finite log-likelihood keeps the previous
-    parameters and marks the chain failed; convergence is a relative change below ``tol``."""
-    new = model.em_update(state.params, state.resp, x, y, floors, cache)
-    r_new, ll_new = _estep(model, new, x, y, w)
+def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None,
+         penalty=None) -> EMState:
+    """One M-step (both families; the penalised M-step of :mod:`bayesmoe.penalties` when ``penalty``
+    is given) then one E-step. A non-finite log-likelihood keeps the previous parameters and marks the
+    chain failed; convergence is a relative change below ``tol``."""
+    if penalty is None:
+        new = model.em_update(state.params, state.resp, x, y, floors, cache)
+    else:
+        new = _penalties.em_update(model, state.params, state.resp, x, y, floors, cache, penalty)
+    r_new, ll_new = _estep(model, new, x, y, w, penalty)
     ok = jnp.isfinite(ll_new)
     keep = lambda a, b: jnp.where(ok, a, b)
     params = jax.tree.map(keep, new, state.params)
@@ -143,17 +156,17 @@ def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None
     return EMState(params, keep(r_new, state.resp), keep(ll_new, state.ll), n, conv, ~ok, tr)
 
 
-def _fit_one(model, params, x, y, floors, cache, max_steps, tol, trace_len, w=None):
-    s = init(model, params, x, y, trace_len, w)
+def _fit_one(model, params, x, y, floors, cache, max_steps, tol, trace_len, w=None, penalty=None):
+    s = init(model, params, x, y, trace_len, w, penalty)
     s = lax.while_loop(lambda s: (s.step < max_steps) & ~s.converged & ~s.failed,
-                       lambda s: step(model, s, x, y, floors, cache, tol, w), s)
+                       lambda s: step(model, s, x, y, floors, cache, tol, w, penalty), s)
     return model.complete_params(s.params), s.ll, s.step, s.converged, s.trace
 
 
-def _em_core(model, x, y, starts, max_steps, tol, floors, trace_len, w=None):
+def _em_core(model, x, y, starts, max_steps, tol, floors, trace_len, w=None, penalty=None):
     cache = model.em_prepare(x, y)
-    return jax.vmap(lambda p: _fit_one(model, p, x, y, floors, cache, max_steps, tol, trace_len, w))(
-        starts)
+    return jax.vmap(lambda p: _fit_one(model, p, x, y, floors, cache, max_steps, tol, trace_len, w,
+                                       penalty))(starts)
 
 
 _em_jit = jax.jit(_em_core, static_argnames=("model", "trace_len"))
@@ -168,7 +181,7 @@ def _float_dtype(x) -> Any:
 
 def em_fit(model, x, y, init: Params, *, max_steps: int = 2000, tol: float = 1e-6,
            scale_floor: float = 1e-3, floors: Mapping | None = None,
-           return_trace: bool = False) -> EMResult:
+           return_trace: bool = False, penalty=None) -> EMResult:
     r"""Maximum-likelihood fit of ``model`` by EM from S starts at once (see the module docstring).
 
     :param model: a :class:`bayesmoe.MoE` (any gate x expert).
@@ -181,6 +194,10 @@ def em_fit(model, x, y, init: Params, *, max_steps: int = 2000, tol: float = 1e-
     :param scale_floor: lower bound of the floored scales relative to the spread of the variable
         each bounds (ignored when ``floors`` gives absolute bounds by site name).
     :param return_trace: also return the (S, max_steps + 1) log-likelihood trace.
+    :param penalty: None, or a :class:`bayesmoe.penalties.PenaltyWeights` (per-coefficient l1 levels in
+        the units of x and y given here): then EM maximises the penalised log-likelihood
+        :math:`\ell - n \sum \lambda w |\theta|` (plus the log prior with a data scale: MAP), and
+        ``log_likelihood`` and the trace hold that penalised objective.
     :returns: :class:`EMResult`.
 
     Compiled once per model *value*, data shapes and trace length. Raises ``ValueError`` (before
@@ -211,5 +228,5 @@ def em_fit(model, x, y, init: Params, *, max_steps: int = 2000, tol: float = 1e-
     starts = model.regauge({k: jnp.asarray(v, dtype) for k, v in full.items()})
     trace_len = max_steps + 1 if return_trace else 0
     params, ll, steps, conv, trace = _em_jit(model, xj, yj, starts, jnp.asarray(max_steps, jnp.int32),
-                                             jnp.asarray(tol, dtype), floors, trace_len)
+                                             jnp.asarray(tol, dtype), floors, trace_len, penalty=penalty)
     return EMResult(params, ll, steps, conv, trace)

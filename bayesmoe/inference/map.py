@@ -28,6 +28,7 @@ import numpy as np
 from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model
 
+from bayesmoe import penalties as _penalties
 from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.formula import resolve_data
@@ -36,6 +37,7 @@ from bayesmoe.inference import _objective as obj
 from bayesmoe.inference.init import data_starts
 from bayesmoe.inference.result import FitData, FitResult, FitWarning
 from bayesmoe.model import MoE
+from bayesmoe.penalties import L1
 
 __all__ = ["METHODS", "fit_map", "fit_mle"]
 
@@ -137,7 +139,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
             seed: int = 0, init: dict | None = None, max_steps: int | None = None,
             tol: float | None = None, learning_rate: float = 0.02, jitter: float = 0.1,
             scale_floor: float = 1e-3, screen_size: int = 20_000, progress_bar: bool = False,
-            prior: bool = True, devices: Any = None) -> FitResult:
+            prior: bool = True, devices: Any = None, penalty: L1 | None = None) -> FitResult:
     """Maximum a posteriori estimate of ``model`` on (x, y), best of ``n_starts`` starts.
 
     :param model: a :class:`bayesmoe.MoE` or any NumPyro model function ``model(x, y=None)``
@@ -158,6 +160,9 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
     :param devices: None (one device, the default), a list of ``jax`` devices or a
         ``jax.sharding.Mesh``: the rows are sharded over them and the likelihood (or EM's sufficient
         statistics) is reduced across devices (see :mod:`bayesmoe.inference._sharding`); MoE models only.
+    :param penalty: an l1 penalty on the slopes (:class:`bayesmoe.penalties.L1`): the Lasso MoE, fitted
+        by the proximal EM of :mod:`bayesmoe.penalties` (exact zeros; ``method`` must be ``"em"`` or
+        the default). ``n_params`` (and so AIC/BIC/ICL) then counts the nonzero slopes only.
     :returns: a :class:`FitResult` with ``params`` keyed by the site names; ``warnings`` lists what
         makes the answer doubtful (a scale at its floor, degenerate or coinciding experts, a gate that
         separates the data), each also issued as a :class:`~bayesmoe.FitWarning`.
@@ -191,8 +196,10 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         raise ValueError(f"`model` must be a bayesmoe.MoE or a NumPyro model function, got {model!r}")
     n = xa.shape[0]
     fit_data = FitData(np.asarray(xa), np.asarray(ya), _feature_names(model, x))
+    if penalty is not None:
+        method = _penalties.check_fit(penalty, model, method, xa.shape[1])
     if isinstance(model, MoE):
-        _check_size(model, n, xa.shape[1], bool(prior))
+        _check_size(model, n, xa.shape[1], bool(prior) or penalty is not None)
     if init is not None and isinstance(model, MoE):
         init = model.check_params(init, xa.shape[1], name="init")
     std = None
@@ -258,18 +265,21 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         run_data = (sharded.x, sharded.y, {**kwargs, "mask": sharded.mask}, floors)
 
     extra: dict[str, Any] = {}
+    pen = _penalties.for_fit(penalty, model, xa.shape[1], std, kwargs if prior else None, dtype)
     if method == "em":
         from bayesmoe.inference.em import em_fit  # noqa: PLC0415
 
         full0 = _optimize.site_values(objective, u0, (x_j, y_j, kwargs, floors))
         if n > 2 * screen_size and n_starts > 1:  # screen the starts on a subsample
             idx = _subsample(n, screen_size, seed)
-            em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol, floors=floors)
+            em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol, floors=floors,
+                        penalty=pen)
             start_ll = np.asarray(em.log_likelihood)
             best = _best(start_ll, _doubtful(model, em.params, floors))
             full0 = {k: v[best:best + 1] for k, v in em.params.items()}
             extra["screened_on"] = screen_size
-        em = _sharding.em_fit(model, sharded, full0, max_steps=max_steps, tol=tol, floors=floors)
+        em = _sharding.em_fit(model, sharded, full0, max_steps=max_steps, tol=tol, floors=floors,
+                              penalty=pen)
         if "screened_on" not in extra:
             start_ll = np.asarray(em.log_likelihood)
         best = _best(np.asarray(em.log_likelihood), _doubtful(model, em.params, floors))
@@ -278,7 +288,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
                                        model.free_params(best_full).items()})
         u_best = _lift(u_best, floors)
-        if prior:  # polish the EM answer on the posterior
+        if prior and pen is None:  # polish the EM answer on the posterior
             st = _optimize.run(objective, _stack([u_best]), run_data, method="lbfgs",
                                max_steps=500, tol=tol, gtol=gtol, dtol=dtol, progress_bar=progress_bar)
             u_best = _index(st.u, 0)
@@ -329,6 +339,9 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
     lpost = float(lpost) if prior else ll
     k = model.n_params(xa.shape[1]) if isinstance(model, MoE) else int(
         sum(np.size(v) for v in u_best.values()))
+    if pen is not None:  # the Lasso's degrees of freedom: the nonzero slopes (Zou et al. 2007)
+        k, more = _penalties.fit_summary(penalty, model, params, ll, n, xa.shape[1], k)
+        extra.update(more)
     aic = -2 * ll + 2 * k
     bic = -2 * ll + k * np.log(n)
     if resp is not None:

@@ -1,0 +1,414 @@
+r"""The Lasso path of a MoE: penalised fits along a grid of levels, and the chosen one.
+
+:func:`lasso_path` fits the l1-penalised MoE (:mod:`bayesmoe.penalties`) on a decreasing grid of levels
+:math:`\lambda_1 > \dots > \lambda_L`, each fit warm-started at the previous answer (one compiled EM
+program, reused along the path). The penalised likelihood of a mixture is not concave (not even for one
+expert with its scale estimated), so the path is walked twice: down from the all-zero fit and up from
+dense data-driven starts; each level keeps the answer with the larger penalised likelihood.
+
+:math:`\lambda_{\max}` is the smallest level at which the fit with every slope at zero (a mixture with
+constant gates and constant expert means, itself fitted by EM from several data-driven starts)
+satisfies the optimality conditions of the penalised problem,
+:math:`\lambda_{\max} = \max_j |\partial\ell/\partial\theta_j| / (n w_j)`; the default grid is geometric
+from ``lambda_max_ratio`` to ``lambda_min_ratio`` times it. The level is chosen by an information
+criterion with the Lasso's degrees of freedom (the number of nonzero slopes plus the unpenalised
+parameters; Zou, Hastie & Tibshirani 2007):
+:math:`\mathrm{BIC}(\lambda) = -2\ell(\hat\theta_\lambda) + \mathrm{df}(\lambda)\log n`, or ICL / AIC, with
+:math:`\ell` by default the log-likelihood of the unpenalised refit on the level's support (relaxed).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import logsumexp
+
+from bayesmoe import penalties as _pen
+from bayesmoe._random import seed_int
+from bayesmoe._validation import check_bool, check_positive_int, check_real, column_names
+from bayesmoe.family import REGRESSOR
+from bayesmoe.inference import _standardize
+from bayesmoe.inference.init import data_starts
+from bayesmoe.inference.result import FitResult
+
+__all__ = ["CRITERIA", "LassoPath", "lasso_path", "plot_lasso_path", "selection_rates", "simulate_sparse"]
+
+CRITERIA = ("bic", "icl", "aic")
+# the level of the all-zero fit that lambda_max is computed at (every slope is thresholded away)
+_NULL_LAM = 1e4
+#: memory allowed for the data-driven starts' normal equations (above it, starts use screened features)
+_MAX_START_BYTES = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class LassoPath:
+    """Result of :func:`lasso_path`.
+
+    ``best`` is the :class:`~bayesmoe.FitResult` at the chosen level (``best.extra["lambda"]``);
+    ``lambdas`` the decreasing levels; ``dataset`` an ``xarray.Dataset`` with a ``lambda`` dim: every
+    parameter site (data units, named dims), ``log_likelihood``, ``penalized_log_likelihood``, ``df``,
+    ``n_nonzero`` (nonzero slopes), ``aic``, ``bic``, ``icl``, ``n_steps``, ``converged``;
+    ``best_index`` the position of the chosen level and ``criterion`` the criterion used.
+    """
+
+    best: FitResult
+    lambdas: np.ndarray
+    dataset: Any
+    best_index: int
+    criterion: str
+    lambda_max: float
+
+    def __repr__(self) -> str:
+        return (f"LassoPath({len(self.lambdas)} levels, lambda_max={self.lambda_max:.4g}, "
+                f"{self.criterion}-chosen lambda={self.lambdas[self.best_index]:.4g}, "
+                f"nonzero slopes={self.best.extra['n_nonzero_slopes']})")
+
+
+def _check_lambdas(lambdas) -> np.ndarray:
+    a = np.asarray(lambdas, dtype=float)
+    if a.ndim != 1 or a.size == 0:
+        raise ValueError(f"`lambdas` must be a non-empty 1-D array of levels, got shape {a.shape}")
+    if not np.all(np.isfinite(a)) or np.any(a < 0):
+        raise ValueError("`lambdas` must be finite and >= 0")
+    return np.sort(a)[::-1].copy()
+
+
+@jax.jit
+def _zero_slopes(params: dict, weights: dict) -> dict:
+    return {k: (v * (weights[k] == 0) if k in weights else v) for k, v in params.items()}
+
+
+def _criteria_terms(model, params, x, y):
+    """(log-likelihood, sum_i sum_k t_ik log t_ik) of one parameter set (standardised units)."""
+    lj = model.log_joint_terms(params, x, y)
+    lli = logsumexp(lj, axis=-1)
+    logt = lj - lli[:, None]
+    return jnp.sum(lli), jnp.sum(jnp.exp(logt) * logt)
+
+
+_criteria = jax.jit(jax.vmap(_criteria_terms, in_axes=(None, 0, None, None)), static_argnums=0)
+
+
+def _starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) -> dict:
+    """Data-driven starts; with many features (where the starts' normal equations, n (p+1)^2 numbers,
+    would not fit in ``_MAX_START_BYTES``) from the q features most correlated with y (sure independence
+    screening, Fan & Lv 2008), the other slopes at zero. The screening needs families whose regressors
+    are x and whose only per-feature sites are slopes; otherwise the plain starts are used."""
+    n, d = x.shape
+    m = max(f.n_features(d) for f in model.families) + 1
+    size = n * m * m * x.dtype.itemsize
+    per_feature = [p for f in model.families for p in f.param_table()
+                   if REGRESSOR in p.dims or "feature" in p.dims]
+    if (size <= _MAX_START_BYTES or not all(f.x_affine(d) for f in model.families)
+            or any(p.affine != "coef" for p in per_feature) or model.expert.is_discrete):
+        return data_starts(model, x, y, n_starts, rng, floors)
+    q = int(min(d, max(1, np.sqrt(_MAX_START_BYTES / (n * x.dtype.itemsize)) - 1)))
+    xn, yn = np.asarray(x, float), np.asarray(y, float)
+    corr = np.abs((xn - xn.mean(0)).T @ (yn - yn.mean())) / (xn.std(0) + 1e-12)
+    cols = np.sort(np.argsort(-corr)[:q])
+    small = data_starts(model, x[:, cols], y, n_starts, rng, floors)
+    out = dict(small)
+    for p in per_feature:
+        v = np.asarray(small[p.name])
+        full = np.zeros(v.shape[:-1] + (d,), v.dtype)
+        full[..., cols] = v
+        out[p.name] = jnp.asarray(full)
+    return out
+
+
+def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_ratio: float = 0.1,
+               lambda_max_ratio: float = 3.0,
+               criterion: str = "bic", penalty: _pen.L1 | None = None, n_starts: int = 4,
+               seed: int = 0, max_steps: int = 500, tol: float | None = None,
+               relaxed: bool = True, scale_floor: float = 1e-3,
+               progress_bar: bool = True) -> LassoPath:
+    r"""Fit the Lasso MoE along a path of levels and choose one (see the module docstring).
+
+    :param model: a :class:`bayesmoe.MoE` with slopes (gate and/or experts).
+    :param x: (n, d) inputs (array or DataFrame: its column names become the ``feature`` coords).
+    :param y: (n,) responses.
+    :param lambdas: the levels (any order; run from large to small); default a geometric grid of
+        ``n_lambdas`` levels from :math:`\lambda_{\max}` to ``lambda_min_ratio`` times it.
+    :param n_lambdas: number of levels of the default grid.
+    :param lambda_min_ratio: smallest level of the default grid relative to :math:`\lambda_{\max}`.
+    :param lambda_max_ratio: largest level of the default grid relative to :math:`\lambda_{\max}`
+        (above 1: the penalised likelihood of a mixture is not concave, and sparse nonzero fits better
+        than the all-zero one exist above :math:`\lambda_{\max}`; see below).
+    :param criterion: ``"bic"`` (default), ``"icl"`` or ``"aic"``: the level minimising it is chosen.
+    :param penalty: an :class:`~bayesmoe.penalties.L1` whose gate/expert ratio and adaptive weights are
+        kept along the path (its level is ignored); default the plain Lasso on every slope.
+    :param n_starts: data-driven starts of the all-zero fit at :math:`\lambda_{\max}`.
+    :param seed: int or ``jax.random`` key of those starts.
+    :param max_steps: EM steps per level. :param tol: relative change of the penalised objective to
+        stop at (default 1e-7 in float32, 1e-10 in x64).
+    :param relaxed: compute the criterion from the unpenalised maximum-likelihood refit on each level's
+        support (the relaxed Lasso of Meinshausen 2007 with no shrinkage; the Lasso-OLS hybrid of Efron
+        et al. 2004): the Lasso's shrinkage no longer pushes the criterion towards dense supports.
+        False: from the penalised fit itself.
+    :param scale_floor: lower bound of the scales relative to the data's spread (as in ``fit_mle``).
+    :param progress_bar: show a tqdm bar over the levels.
+    :returns: a :class:`LassoPath`.
+    """
+    from bayesmoe.inference.em import em_fit  # noqa: PLC0415
+    from bayesmoe.model import MoE  # noqa: PLC0415
+
+    if not isinstance(model, MoE):
+        raise ValueError(f"`model` must be a bayesmoe.MoE, got {model!r}")
+    if not isinstance(criterion, str) or criterion not in CRITERIA:
+        raise ValueError(f"`criterion` must be one of {CRITERIA}, got {criterion!r}")
+    check_positive_int(n_lambdas, "n_lambdas", minimum=2 if lambdas is None else 1)
+    check_real(lambda_min_ratio, "lambda_min_ratio", "in (0, 1)", lambda v: 0 < v < 1)
+    check_real(lambda_max_ratio, "lambda_max_ratio", ">= 1 and finite", lambda v: 1 <= v < math.inf)
+    check_positive_int(n_starts, "n_starts")
+    check_positive_int(max_steps, "max_steps")
+    check_real(scale_floor, "scale_floor", "in (0, 1)", lambda v: 0 < v < 1)
+    check_bool(progress_bar, "progress_bar")
+    check_bool(relaxed, "relaxed")
+    if tol is not None:
+        check_real(tol, "tol", "> 0 and finite", lambda v: 0 < v < math.inf)
+    if penalty is not None and not isinstance(penalty, _pen.L1):
+        raise ValueError(f"`penalty` must be a bayesmoe.penalties.L1, got {type(penalty).__name__}")
+    seed = seed_int(seed, "seed")
+    grid = None if lambdas is None else _check_lambdas(lambdas)
+    xa, ya = model.check_data(x, y)
+    if ya is None:
+        raise ValueError("`y` is required, got None")
+    n, d = xa.shape
+    if penalty is not None and penalty.lam == 0:
+        raise ValueError("`penalty.lam` must be > 0 (the path keeps its gate/expert ratios), got 0")
+    unit = _pen.L1(1.0) if penalty is None else penalty.with_lam(1.0)
+    _pen.site_weights(unit, model, d)  # errors before anything compiles
+
+    std = _standardize.for_data(model, xa, ya)
+    xs, ys = std.x(xa), std.y(ya, model)
+    dtype = jnp.result_type(float)
+    tol = float(tol) if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-10)
+    x_j = jnp.asarray(xs, dtype)
+    y_j = jnp.asarray(ys, model.y_dtype())
+    floors = model.floors(xs, ys, scale_floor)
+    w1 = {k: jnp.asarray(v, dtype) for k, v in _pen.site_weights(unit, model, d, std).items()}
+
+    # the all-zero fit: a mixture with constant gates and expert means, from several starts
+    dense = _starts(model, x_j, y_j, n_starts, np.random.default_rng(seed), floors)
+    starts = _zero_slopes(dense, w1)
+    null_pen = _pen.PenaltyWeights({k: _NULL_LAM * v for k, v in w1.items()})
+    # every EM call below has n_starts chains: one compiled program for the whole path
+    em0 = em_fit(model, x_j, y_j, starts, max_steps=max_steps, tol=tol, floors=floors, penalty=null_pen)
+    ll0 = np.asarray(em0.log_likelihood)
+    b = int(np.nanargmax(np.where(np.isfinite(ll0), ll0, -np.inf)))
+    lam_max = _pen.lambda_max(model, {k: v[b] for k, v in em0.params.items()}, x_j, y_j, w1)
+    if grid is None:
+        grid = lam_max * np.geomspace(lambda_max_ratio, lambda_min_ratio, n_lambdas)
+
+    def run(start, weights):
+        em = em_fit(model, x_j, y_j, start, max_steps=max_steps, tol=tol, floors=floors,
+                    penalty=_pen.PenaltyWeights(weights))
+        return em
+
+    def pick(em, s):
+        return ({k: v[s] for k, v in em.params.items()}, float(em.log_likelihood[s]),
+                int(em.n_steps[s]), bool(em.converged[s]), {})
+
+    def better(a, b):
+        return b is None or (np.isfinite(a[1]) and a[1] > b[1])
+
+    L = len(grid)
+    bar = None
+    if progress_bar:
+        from tqdm.auto import tqdm  # noqa: PLC0415
+
+        bar = tqdm(total=2 * L, desc="lasso path", leave=False)
+    fits: list = [None] * L
+    # down from the all-zero fits, and up from the dense data-driven starts: the penalised likelihood
+    # is not concave and several local maxima coexist at one level; each level keeps the best answer
+    for current, order in ((em0.params, range(L)), (dense, range(L - 1, -1, -1))):
+        for i in order:
+            em = run(current, {k: jnp.asarray(grid[i], dtype) * v for k, v in w1.items()})
+            current = em.params
+            ok = np.where(np.isfinite(np.asarray(em.log_likelihood)), np.asarray(em.log_likelihood),
+                          -np.inf)
+            cand = pick(em, int(np.argmax(ok)))
+            if better(cand, fits[i]):
+                fits[i] = cand
+            if bar is not None:
+                bar.update()
+    if bar is not None:
+        bar.close()
+    stacked = {k: jnp.stack([f[0][k] for f in fits]) for k in fits[0][0]}
+    ll_std, tlogt = (np.asarray(a, float) for a in _criteria(model, stacked, x_j, y_j))
+    ll = ll_std + std.log_jacobian(model, n)
+    if relaxed:  # unpenalised refit on each level's support (the same compiled EM program)
+        refits: dict[bytes, dict] = {}
+        for f in fits:
+            out = {k: np.asarray((f[0][k] == 0) & (w1[k] > 0)) for k in w1}
+            key = b"".join(v.tobytes() for v in out.values())
+            if key not in refits:
+                pw = _pen.PenaltyWeights({k: jnp.asarray(_NULL_LAM * v, dtype) for k, v in out.items()})
+                em = run({k: jnp.broadcast_to(v, (n_starts,) + v.shape) for k, v in f[0].items()},
+                         pw.weights)
+                refits[key] = {k: v[0] for k, v in em.params.items()}
+            f[4]["refit"] = refits[key]
+        st = {k: jnp.stack([f[4]["refit"][k] for f in fits]) for k in fits[0][0]}
+        rll_std, rtlogt = (np.asarray(a, float) for a in _criteria(model, st, x_j, y_j))
+        refit_ll = rll_std + std.log_jacobian(model, n)
+
+    raw = [std.to_raw(model, jax.tree.map(np.asarray, f[0])) for f in fits]
+    w_raw = _pen.site_weights(unit, model, d)
+    k_all = model.n_params(d)
+    nz, pen_raw = [], []
+    for p in raw:
+        zeros = _pen.n_zero_slopes(model, p, w_raw, d)
+        nz.append(int(sum(np.sum(np.asarray(v) > 0) for v in w_raw.values())) - zeros)
+        pen_raw.append(float(_pen.penalty_value({k: np.asarray(p[k]) for k in w_raw}, w_raw)))
+    n_pen = int(sum(np.sum(np.asarray(v) > 0) for v in w_raw.values()))
+    df = np.array([k_all - (n_pen - z) for z in nz])
+    ll_c, t_c = (refit_ll, rtlogt) if relaxed else (ll, tlogt)
+    bic = -2 * ll_c + df * np.log(n)
+    aic = -2 * ll_c + 2 * df
+    icl = bic - 2 * t_c
+    crit = {"bic": bic, "aic": aic, "icl": icl}[criterion]
+    best = int(np.nanargmin(np.where(np.isfinite(crit), crit, np.inf)))
+
+    names = column_names(x) or [f"x{j}" for j in range(d)]
+    ds = _dataset(model, raw, grid, names, {
+        "log_likelihood": ll, "penalized_log_likelihood": ll - n * grid * np.asarray(pen_raw),
+        **({"refit_log_likelihood": refit_ll} if relaxed else {}),
+        "df": df, "n_nonzero": np.asarray(nz), "aic": aic, "bic": bic, "icl": icl,
+        "n_steps": np.array([f[2] for f in fits]), "converged": np.array([f[3] for f in fits])})
+    best_fit = FitResult(
+        params={k: np.asarray(v) for k, v in raw[best].items()}, log_likelihood=float(ll[best]),
+        log_posterior=float(ll[best]), n_params=int(df[best]), n_obs=n, aic=float(aic[best]),
+        bic=float(bic[best]), icl=float(icl[best]), converged=fits[best][3], n_steps=fits[best][2],
+        start_log_likelihoods=ll0 + std.log_jacobian(model, n), method="em", prior=False,
+        extra={"standardization": std, "penalty": unit.with_lam(float(grid[best])),
+               "lambda": float(grid[best]), "n_nonzero_slopes": int(nz[best]),
+               "penalized_log_likelihood": float(ll[best] - n * grid[best] * pen_raw[best])})
+    return LassoPath(best_fit, np.asarray(grid), ds, best, criterion, float(lam_max))
+
+
+def _dataset(model, raw: list[dict], grid: np.ndarray, names: list[str], scalars: dict):
+    import xarray as xr  # noqa: PLC0415
+
+    d = len(names)
+    dims = model.param_dims(d)
+    coords = {"lambda": np.asarray(grid)}
+    for dim, labels in model.coords(names).items():
+        coords[dim] = np.asarray(labels)
+    data = {}
+    for k, site_dims in dims.items():
+        if k not in raw[0]:
+            continue
+        data[k] = (("lambda",) + tuple(site_dims), np.stack([np.asarray(p[k]) for p in raw]))
+    for k, v in scalars.items():
+        data[k] = (("lambda",), np.asarray(v))
+    used = {dim for v in data.values() for dim in v[0]}
+    return xr.Dataset(data, coords={k: v for k, v in coords.items() if k in used})
+
+
+def plot_lasso_path(path: LassoPath, *, x_log: bool = True):
+    """Coefficient paths (one panel per expert for the expert slopes, one for the gate slopes) and the
+    criterion against the level; the chosen level is marked. Returns the matplotlib figure.
+
+    :param path: a :class:`LassoPath`.
+    :param x_log: a logarithmic level axis.
+    """
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    if not isinstance(path, LassoPath):
+        raise ValueError(f"`path` must be a LassoPath (from bm.lasso_path), got {type(path).__name__}")
+    ds = path.dataset
+    lam = np.asarray(path.lambdas)
+    panels = []
+    if "expert_coef" in ds:
+        c = np.asarray(ds["expert_coef"])
+        for k in range(c.shape[1]):
+            panels.append((f"expert {k} slopes", c[:, k].reshape(len(lam), -1)))
+    if "gate_coef" in ds:
+        g = np.asarray(ds["gate_coef"])
+        panels.append(("gate slopes", g[:, :-1].reshape(len(lam), -1)))
+    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(3.2 * (len(panels) + 1), 3.0), squeeze=False)
+    best = lam[path.best_index]
+    for ax, (title, vals) in zip(axes[0], panels, strict=False):
+        ax.plot(lam, vals, lw=0.8)
+        ax.set_title(title)
+    ax = axes[0, -1]
+    ax.plot(lam, np.asarray(ds[path.criterion]), color="k")
+    ax.set_title(path.criterion.upper())
+    for a in axes[0]:
+        a.axvline(best, color="0.5", ls="--", lw=0.8)
+        a.set_xlabel("lambda")
+        if x_log:
+            a.set_xscale("log")
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- a sparse test bed
+def simulate_sparse(seed: int = 0, n: int = 400, p: int = 50, n_experts: int = 2, n_relevant: int = 3,
+                    noise: float = 0.5, strength: float = 2.0):
+    r"""Data from a sparse softmax-gated Gaussian MoE (the setting of the Lasso MoE papers): x ~ N(0, I_p),
+    each free gate row and each expert with ``n_relevant`` nonzero slopes (disjoint blocks of features,
+    values :math:`\pm` ``strength`` times 1, 1, 0.75, ...), expert intercepts spread in [-1, 1] and
+    standard deviation ``noise``.
+
+    :param seed: int or ``jax.random`` key. :param n: rows. :param p: features.
+    :param n_experts: K. :param n_relevant: relevant slopes per gate row and per expert.
+    :param noise: the experts' standard deviation. :param strength: size of the relevant slopes.
+    :returns: (x (n, p), y (n,), the true params dict).
+    """
+    from bayesmoe.experts import Gaussian as GaussianExpert  # noqa: PLC0415
+    from bayesmoe.gates import Softmax  # noqa: PLC0415
+    from bayesmoe.model import MoE  # noqa: PLC0415
+
+    K = check_positive_int(n_experts, "n_experts")
+    s = check_positive_int(n_relevant, "n_relevant")
+    check_positive_int(p, "p", minimum=(2 * K - 1) * s)
+    check_positive_int(n, "n")
+    seed = seed_int(seed, "seed")
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, p))
+    mags = strength * np.resize([1.0, -1.0, 0.75], s)
+    gate = np.zeros((K, p))
+    coef = np.zeros((K, p))
+    j = 0
+    for k in range(K - 1):
+        gate[k, j:j + s] = 1.25 * mags
+        j += s
+    for k in range(K):
+        coef[k, j:j + s] = mags * (-1) ** k
+        j += s
+    truth = {"gate_intercept": np.zeros(K), "gate_coef": gate,
+             "expert_intercept": np.linspace(1.0, -1.0, K) if K > 1 else np.zeros(1),
+             "expert_coef": coef, "expert_scale": np.full(K, float(noise))}
+    model = MoE(Softmax(), GaussianExpert(), K)
+    y = np.asarray(model.simulate(seed, truth, x).y, float)
+    return x, y, truth
+
+
+def selection_rates(params: dict, truth: dict) -> tuple[float, float]:
+    """(share of the relevant slopes estimated nonzero, share of the irrelevant ones estimated nonzero),
+    over the expert slopes and the free gate rows, for the expert labelling that matches best.
+
+    :param params: fitted params (``gate_coef``, ``expert_coef``). :param truth: the true params.
+    """
+    import itertools  # noqa: PLC0415
+
+    ec, gc = np.asarray(params["expert_coef"]), np.asarray(params["gate_coef"])
+    tec, tgc = np.asarray(truth["expert_coef"]), np.asarray(truth["gate_coef"])
+    K = ec.shape[0]
+    best = None
+    for perm in itertools.permutations(range(K)):
+        perm = list(perm)
+        e, g = ec[perm], gc[perm]
+        g = g - g[-1:]
+        est = np.concatenate([(e != 0).ravel(), (g[:-1] != 0).ravel()])
+        rel = np.concatenate([(tec != 0).ravel(), (tgc[:-1] != 0).ravel()])
+        tp, fp = est[rel].mean(), est[~rel].mean()
+        if best is None or tp - fp > best[0] - best[1]:
+            best = (float(tp), float(fp))
+    return best
