@@ -182,7 +182,7 @@ def test_concomitant_sample_dims_and_loo(frame, concomitant):
     dt = bm.sample(model, data=frame, num_chains=1, num_warmup=100, num_samples=100, seed=1,
                    progress_bar=False, quiet=True, init=fit.params)
     post = dt.posterior
-    assert list(post["gate_coef"].coords["gate_feature"].values) == ["x2"]
+    assert list(post["gate_coef_free"].coords["gate_feature"].values) == ["x2"]
     assert list(post["expert_coef"].coords["expert_feature"].values) == list(model.design.expert.columns)
     assert list(dt.constant_data["x"].coords["feature"].values) == list(model.design.columns)
     assert dt.attrs["bayesmoe_response"] == "y"

@@ -106,7 +106,7 @@ def test_sample_keeps_labels_as_coords(data, fitted):
     x, codes, y_cat = data
     dt = bm.sample(BASE, x, y_cat, num_chains=1, num_warmup=60, num_samples=60, seed=0,
                    progress_bar=False, quiet=True, init=fitted.params, relabel=False)
-    assert list(dt.posterior["expert_intercept"].coords["class"].values) == LEVELS
+    assert list(dt.posterior["expert_intercept_free"].coords["class_free"].values) == LEVELS[:-1]
     np.testing.assert_array_equal(dt.observed_data["y"].values, codes)
     assert set(np.unique(dt.posterior_predictive["y"].values)) <= {0, 1, 2}
     rebuilt = bm.MoE.from_spec(json.loads(dt.attrs["bayesmoe_model"]))

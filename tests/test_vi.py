@@ -68,7 +68,7 @@ def test_vi_datatree_has_the_shape_of_sample(runs):
     assert set(post.data_vars) == set(nuts.posterior.data_vars)
     for name in post.data_vars:
         assert post[name].dims[2:] == nuts.posterior[name].dims[2:]
-    assert list(post["gate_coef"].coords["feature"].values) == ["x0"]
+    assert list(post["gate_coef_free"].coords["feature"].values) == ["x0"]
     # log_likelihood: the model's pointwise log-likelihood at each draw, checked by numpy at one draw
     from tests.reference import moe_log_lik
 

@@ -91,9 +91,9 @@ def to_datatree(mcmc: Any, model: MoE | Callable, x: Any, y: Any, *, moe: MoE | 
 
     with MODEL_LOCK:
         if isinstance(model, MoE):
-            from bayesmoe.inference.mcmc import _moe_pointwise_ll  # noqa: PLC0415
+            from bayesmoe.inference._datatree import moe_pointwise_ll  # noqa: PLC0415
 
-            log_lik = {"y": _moe_pointwise_ll(model, flat, x_j, y_j, chains)}
+            log_lik = {"y": moe_pointwise_ll(model, flat, x_j, y_j, chains)}
         else:
             lls = numpyro_log_likelihood(model, flat, x_j, y_j)
             log_lik = {k: np.asarray(v).reshape((chains, draws) + v.shape[1:]) for k, v in lls.items()}

@@ -144,6 +144,7 @@ def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None
         new = model.em_update(state.params, state.resp, x, y, floors, cache)
     else:
         new = _penalties.em_update(model, state.params, state.resp, x, y, floors, cache, penalty)
+    new = {k: new[k] for k in state.params}  # the state's sites (M-steps may add derived ones)
     r_new, ll_new = _estep(model, new, x, y, w, penalty)
     ok = jnp.isfinite(ll_new)
     keep = lambda a, b: jnp.where(ok, a, b)
