@@ -1,8 +1,10 @@
 """Run every ```python block of the user docs, so that a broken example fails the test suite.
 
-The blocks of one page run in order in one namespace (later blocks build on earlier ones). Each block
-ends with ``assert`` statements checking its own numbers; a failing block is reported by its number and
-its line in the page.
+The blocks of one page run in order in one namespace (later blocks build on earlier ones), in a fresh
+temporary working directory (blocks that save figures or files write there, never into the repository).
+Each block ends with ``assert`` statements checking its own numbers; a failing block is reported by its
+number and its line in the page. Every page of ``docs/`` with python blocks is listed in PAGES
+(``test_every_page_is_run`` checks it); the generated API pages (``docs/api``) have none.
 """
 
 from __future__ import annotations
@@ -13,7 +15,8 @@ from pathlib import Path
 import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
-PAGES = ["index.md", "models.md", "theory.md", "formulas.md"]
+PAGES = ["index.md", "models.md", "theory.md", "formulas.md", "point_fits.md", "inference.md",
+         "performance.md", "selection.md", "hyperrouter.md"]
 
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 
@@ -53,6 +56,12 @@ def test_broken_example_fails(tmp_path):
         run_page(page)
 
 
+def test_every_page_is_run():
+    with_code = sorted(p.name for p in DOCS.glob("*.md") if python_blocks(p.read_text()))
+    assert sorted(PAGES) == with_code
+
+
 @pytest.mark.parametrize("page", PAGES)
-def test_doc_examples_run(page):
+def test_doc_examples_run(page, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
     assert run_page(DOCS / page) >= 1
