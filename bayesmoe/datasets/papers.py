@@ -1,6 +1,7 @@
 """The papers' true models, as ``(model, true_params)`` pairs ready for ``model.simulate``.
 
-Parameters are those of ``shared/papers.md``; Gaussian variances of the papers are converted to the
+Parameters are those of the papers' simulation sections (arXiv 2305.03288, 2305.07572, 2104.02640,
+cited at each function); Gaussian variances of the papers are converted to the
 standard deviations our sites use (``expert_scale``, ``gate_scale``).
 """
 
