@@ -107,6 +107,12 @@ def simulate_dataset(key, model: MoE, params: dict, n: int,
     x: given, else drawn from a Gaussian gate's mixture (GLLiM generative model), else an error
     for softmax gates (their papers fix a design: pass it, e.g. ``softmax_gated_gaussian_x(n)``).
     ``key``: a ``jax.random`` key or an int seed.
+
+    :param key: a ``jax.random`` key or an int seed.
+    :param model: the true :class:`~bayesmoe.MoE`.
+    :param params: its true parameters keyed by site name.
+    :param n: number of observations.
+    :param x: the inputs (n, d), or None to draw them from the gate's model of x.
     """
     kx, ky = jax.random.split(as_key(key, "key"))
     if x is None:
