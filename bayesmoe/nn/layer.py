@@ -181,7 +181,15 @@ class SparseMoE(nnx.Module):
         return act_drop
 
     def local_dispatch(self, x: Array, gates: Array, idx: Array, w, k: int, act):
-        """Dispatch of the tokens of one device (or of all tokens on one device)."""
+        """Dispatch of the tokens of one device (or of all tokens on one device).
+
+        :param x: tokens (T, d).
+        :param gates: the combination weights (T, k) of the chosen experts.
+        :param idx: the chosen experts (T, k).
+        :param w: the experts' :class:`ExpertWeights`.
+        :param k: number of active experts per token.
+        :param act: the activation function.
+        """
         kernel = self._kernel()
         if self.impl == "dense":
             return dispatch.dense_dispatch(x, gates, idx, w, act)

@@ -47,7 +47,12 @@ class MoEAux(NamedTuple):
 def router_stats(
     logits: Array, expert_idx: Array, n_experts: int
 ) -> tuple[Array, Array, Array, Array]:
-    """Return (balance_loss, z_loss, entropy, load) for logits (T, E), indices (T, k)."""
+    """Return (balance_loss, z_loss, entropy, load) for logits (T, E), indices (T, k).
+
+    :param logits: router logits (T, E) of T tokens.
+    :param expert_idx: the chosen experts (T, k).
+    :param n_experts: E, the number of experts.
+    """
     logits = logits.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     probs = jnp.exp(logp)
@@ -60,7 +65,10 @@ def router_stats(
 
 
 def merge_aux(auxes: Sequence[MoEAux]) -> MoEAux:
-    """Combine the aux outputs of several layers: losses summed, statistics averaged."""
+    """Combine the aux outputs of several layers: losses summed, statistics averaged.
+
+    :param auxes: the :class:`MoEAux` of each MoE layer.
+    """
     if not auxes:
         z = jnp.zeros(())
         return MoEAux(z, z, z, z, jnp.zeros((0,)), z, jnp.zeros((0,)))

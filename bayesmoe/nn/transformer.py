@@ -56,6 +56,9 @@ class TransformerLM(nnx.Module):
             ``moe_kwargs`` sets ``expert_dropout``) inside the experts, as the authors.
         moe_kwargs: extra keyword arguments for SparseMoE (e.g. balance_weight,
             router_init_std, expert_init_std, expert_dropout, kernel).
+
+    :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
+        stream). (``dropout`` stream for dropout).
     """
 
     def __init__(

@@ -137,6 +137,9 @@ class TransformerXL(nnx.Module):
         init_std: std of every weight matrix, the routers' included (0.02).
         compute_dtype: None (float32) or e.g. ``jnp.bfloat16`` for attention and experts.
         moe_kwargs: extra SparseMoE arguments (router_kwargs, expert_init_std, kernel, ...).
+
+    :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
+        stream). (``dropout`` stream for dropout).
     """
 
     def __init__(
@@ -196,7 +199,11 @@ class TransformerXL(nnx.Module):
         return [b.ffn for b in self.blocks]
 
     def init_memory(self, batch_size: int, mem_len: int | None = None) -> XLMemory:
-        """An empty memory (all positions invalid) of ``mem_len`` (default: the model's)."""
+        """An empty memory (all positions invalid) of ``mem_len`` (default: the model's).
+
+        :param batch_size: B, the number of streams.
+        :param mem_len: memory length M (None: the model's ``mem_len``).
+        """
         m = self.mem_len if mem_len is None else int(mem_len)
         zeros = jnp.zeros((batch_size, m, self.d_model), self.dtype)
         return XLMemory(tuple(zeros for _ in range(self.n_layers)), jnp.zeros((), jnp.int32))
@@ -292,7 +299,16 @@ def evaluate_xl_bpc(model: TransformerXL, data: np.ndarray, ks, *, tgt_len: int 
     streams scored in segments of ``tgt_len`` (the reference's ``eval_tgt_len``), each
     with the cached states of the previous ``mem_len`` positions (default: the model's
     ``mem_len``). Returns ``{"bpc": {k: .}, "entropy": {k: .}, "layer_entropy": {k: [.]},
-    "tokens": n}``: mean router entropy (nats) over layers and per layer."""
+    "tokens": n}``: mean router entropy (nats) over layers and per layer.
+
+    :param model: the :class:`TransformerXL`.
+    :param data: the token ids (1-D integer array).
+    :param ks: the numbers of active experts to evaluate at.
+    :param tgt_len: segment length.
+    :param mem_len: memory length (None: the model's).
+    :param batch_size: number of ordered streams.
+    :param max_tokens: score at most this many tokens (None: all).
+    """
     streams = segment_streams(np.asarray(data), batch_size)
     if max_tokens is not None:
         streams = streams[:, : max(2, max_tokens // batch_size + 1)]

@@ -14,4 +14,11 @@ from flax import nnx
 
 
 class Frozen(nnx.Variable):
-    """A non-trainable weight (fixed at initialisation)."""
+    """A non-trainable weight (fixed at initialisation).
+
+    :param value: the fixed array.
+    :param hijax: flax ``nnx.Variable`` option, passed through.
+    :param ref: flax ``nnx.Variable`` option, passed through.
+    :param eager_sharding: flax ``nnx.Variable`` option, passed through.
+    :param metadata: flax ``nnx.Variable`` metadata, passed through.
+    """
