@@ -16,9 +16,7 @@ from flax import nnx
 class Frozen(nnx.Variable):
     """A non-trainable weight (fixed at initialisation).
 
-    :param value: the fixed array.
-    :param hijax: flax ``nnx.Variable`` option, passed through.
-    :param ref: flax ``nnx.Variable`` option, passed through.
-    :param eager_sharding: flax ``nnx.Variable`` option, passed through.
-    :param metadata: flax ``nnx.Variable`` metadata, passed through.
+    Constructed as ``flax.nnx.Variable``: ``Frozen(value)`` with ``value`` the fixed array; the
+    keyword options ``hijax``, ``ref``, ``eager_sharding`` and ``metadata`` are flax's, passed
+    through unchanged.
     """
