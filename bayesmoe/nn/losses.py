@@ -23,16 +23,15 @@ Array = jax.Array
 class MoEAux(NamedTuple):
     """Auxiliary outputs of a SparseMoE layer (a pytree).
 
-    Attributes:
-        loss: weighted auxiliary loss to add to the task loss
-            (``balance_weight * balance_loss + z_weight * z_loss``; 0 by default).
-        balance_loss: Switch load-balancing loss ``E sum_e f_e P_e``.
-        z_loss: router z-loss ``mean(logsumexp(logits)^2)``.
-        entropy: mean router entropy (nats).
-        load: per-expert fraction of token copies ``f_e`` (E,), sums to 1.
-        dropped: fraction of token copies dropped by the capacity limit.
-        layer_entropy: router entropy per layer (L,) after :func:`merge_aux`; for one
-            layer, the same as ``entropy`` with shape (1,).
+    :ivar loss: weighted auxiliary loss to add to the task loss
+        (``balance_weight * balance_loss + z_weight * z_loss``; 0 by default).
+    :ivar balance_loss: Switch load-balancing loss ``E sum_e f_e P_e``.
+    :ivar z_loss: router z-loss ``mean(logsumexp(logits)^2)``.
+    :ivar entropy: mean router entropy (nats).
+    :ivar load: per-expert fraction of token copies ``f_e`` (E,), sums to 1.
+    :ivar dropped: fraction of token copies dropped by the capacity limit.
+    :ivar layer_entropy: router entropy per layer (L,) after :func:`merge_aux`; for one
+        layer, the same as ``entropy`` with shape (1,).
     """
 
     loss: Array

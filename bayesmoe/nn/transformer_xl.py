@@ -125,21 +125,26 @@ class TransformerXL(nnx.Module):
 
     ``model(tokens, memory)`` -> ``(logits (B, S, V) float32, new memory, MoEAux)``.
 
-    Args:
-        vocab_size: number of token ids.
-        d_model, n_heads, d_head, n_layers: widths (reference enwik8 MoE runs: 256, 8, 64,
-            4); ``d_head`` defaults to ``d_model // n_heads``.
-        d_ff: hidden width of each expert (512 in the reference).
-        n_experts, top_k, router, impl, activation: passed to every SparseMoE.
-        mem_len: length of the cached memory per layer (512 in the reference).
-        dropout: on embeddings, R, residual branches, before the output and (unless
-            ``moe_kwargs`` says otherwise) inside the experts; dropatt: on attention weights.
-        init_std: std of every weight matrix, the routers' included (0.02).
-        compute_dtype: None (float32) or e.g. ``jnp.bfloat16`` for attention and experts.
-        moe_kwargs: extra SparseMoE arguments (router_kwargs, expert_init_std, kernel, ...).
-
+    :param vocab_size: number of token ids.
+    :param d_model: token dimension d (256 in the reference enwik8 MoE runs).
+    :param n_heads: attention heads (8 in the reference).
+    :param d_head: width of each head (64 in the reference; default ``d_model // n_heads``).
+    :param n_layers: number of layers (4 in the reference).
+    :param d_ff: hidden width of each expert (512 in the reference).
+    :param n_experts: number of experts E of every SparseMoE layer.
+    :param top_k: default number of active experts per token.
+    :param router: ``"linear"``, ``"random"``, ``"hyper"`` (see :class:`SparseMoE`).
+    :param impl: dispatch implementation (see :class:`SparseMoE`).
+    :param activation: expert activation (see :class:`SparseMoE`).
+    :param mem_len: length of the cached memory per layer (512 in the reference).
+    :param dropout: dropout rate on embeddings, R, residual branches, before the output and
+        (unless ``moe_kwargs`` says otherwise) inside the experts.
+    :param dropatt: dropout rate on attention weights.
+    :param init_std: std of every weight matrix, the routers' included (0.02).
+    :param compute_dtype: None (float32) or e.g. ``jnp.bfloat16`` for attention and experts.
+    :param moe_kwargs: extra SparseMoE arguments (router_kwargs, expert_init_std, kernel, ...).
     :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
-        stream). (``dropout`` stream for dropout).
+        stream, and its ``dropout`` stream for dropout).
     """
 
     def __init__(
