@@ -39,13 +39,20 @@ Params = dict[str, Any]
 
 
 class Prediction(NamedTuple):
-    """What the model predicts at x.
+    r"""What the model predicts at x.
 
-    gate_probs (n, K); expert_mean (n, K) for experts that predict a mean (None otherwise);
-    expert_probs (n, K, C) for class-probability experts (None otherwise); mean (n,) the mixture
-    mean (None without expert means); class_probs (n, C) the mixture's class probabilities (None
-    without expert class probabilities); lower, upper (n,) the prediction interval from the
-    mixture's quantiles (None unless asked for, and for class-probability experts).
+    :ivar gate_probs: gate probabilities :math:`g_k(x_i)` (n, K).
+    :ivar expert_mean: expert means :math:`E_k[y \mid x_i]` (n, K) for experts that predict a mean
+        (None otherwise).
+    :ivar expert_probs: class probabilities of every expert (n, K, C) for class-probability experts
+        (None otherwise).
+    :ivar mean: the mixture mean :math:`\sum_k g_k(x_i) E_k[y \mid x_i]` (n,) (None without expert
+        means).
+    :ivar class_probs: the mixture's class probabilities (n, C) (None without expert class
+        probabilities).
+    :ivar lower: lower end (n,) of the prediction interval from the mixture's quantiles (None unless
+        asked for, and for class-probability experts).
+    :ivar upper: upper end (n,) of that interval.
     """
 
     gate_probs: jnp.ndarray
@@ -58,7 +65,11 @@ class Prediction(NamedTuple):
 
 
 class Simulation(NamedTuple):
-    """Simulated responses ``y`` (n,) and the expert ``z`` (n,) each was drawn from."""
+    """Simulated responses and their experts.
+
+    :ivar y: the simulated responses (n,).
+    :ivar z: the expert (0..K-1) each response was drawn from (n,).
+    """
 
     y: jnp.ndarray
     z: jnp.ndarray

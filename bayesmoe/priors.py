@@ -51,12 +51,18 @@ _SD_FLOOR = 1e-8
 
 
 class Scale(NamedTuple):
-    """Location and scale of the data, the unit every default prior is stated in."""
+    """Location and scale of the data, the unit every default prior is stated in.
 
-    mean: jnp.ndarray  # (p,) regressor means
-    sd: jnp.ndarray  # (p,) regressor standard deviations
-    y_mean: jnp.ndarray  # ()
-    y_sd: jnp.ndarray  # ()
+    :ivar mean: regressor means (p,).
+    :ivar sd: regressor standard deviations (p,), floored away from 0.
+    :ivar y_mean: mean of y (0 when y is not given).
+    :ivar y_sd: standard deviation of y (1 when y is not given), floored away from 0.
+    """
+
+    mean: jnp.ndarray
+    sd: jnp.ndarray
+    y_mean: jnp.ndarray
+    y_sd: jnp.ndarray
 
 
 def data_scale(features: jnp.ndarray, y: jnp.ndarray | None) -> Scale:

@@ -20,8 +20,12 @@ class FitWarning(UserWarning):
 
 
 class FitData(NamedTuple):
-    """The data a fit was computed from (in the data's units): ``x`` (n, d), ``y`` (n,) and the
-    labels of the feature dim (``None``: ``x0, x1, ...``)."""
+    """The data a fit was computed from (in the data's units).
+
+    :ivar x: inputs (n, d).
+    :ivar y: responses (n,).
+    :ivar feature_names: labels of the feature dim (``None``: ``x0, x1, ...``).
+    """
 
     x: np.ndarray
     y: np.ndarray

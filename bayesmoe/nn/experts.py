@@ -31,7 +31,13 @@ def get_activation(name: str) -> Callable[[Array], Array]:
 
 
 class ExpertWeights(NamedTuple):
-    """Stacked expert weights: w_in (E, d, F), b_in (E, F), w_out (E, F, d), b_out (E, d)."""
+    """Stacked expert weights of E two-layer FFNs d -> F -> d.
+
+    :ivar w_in: input weights (E, d, F).
+    :ivar b_in: input biases (E, F).
+    :ivar w_out: output weights (E, F, d).
+    :ivar b_out: output biases (E, d).
+    """
 
     w_in: Array
     b_in: Array

@@ -44,8 +44,12 @@ Array = jax.Array
 
 
 class XLMemory(NamedTuple):
-    """Per-layer cached inputs ``states[l]`` (B, M, d) and ``length``: how many of the M
-    trailing positions hold real states (the rest are masked out)."""
+    """The cached states of a Transformer-XL.
+
+    :ivar states: per-layer cached inputs, ``states[l]`` of shape (B, M, d).
+    :ivar length: how many of the M trailing positions hold real states (the rest are masked
+        out).
+    """
 
     states: tuple[Array, ...]
     length: Array
