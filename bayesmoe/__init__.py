@@ -60,14 +60,26 @@ def __dir__() -> list[str]:
 
 
 def enable_x64(enable: bool = True) -> None:
-    """Use float64 throughout (for estimation studies); call before creating arrays."""
+    """Use float64 throughout (for estimation studies); call before creating arrays.
+
+    :param enable: True for float64 (``jax_enable_x64``), False back to float32.
+    """
     import jax
 
     jax.config.update("jax_enable_x64", bool(enable))
 
 
 def relabel(idata, method: str = "ecr", **kwargs):
-    """Undo label switching in a posterior DataTree (see :mod:`bayesmoe.inference.relabel`)."""
+    """Undo label switching in a posterior DataTree (see :mod:`bayesmoe.inference.relabel`).
+
+    :param idata: a ``DataTree`` from :func:`bayesmoe.sample` or :func:`bayesmoe.to_datatree`.
+    :param method: ``"ecr"`` (ECR-iterative-1 of Papastamoulis & Iliopoulos 2010, on the MAP
+        allocations) or ``"stephens"`` (the KL algorithm of Stephens 2000, "Dealing with label
+        switching in mixture models", on the membership probabilities).
+    :param kwargs: ``model`` (the :class:`~bayesmoe.MoE`; by default rebuilt from the root attribute
+        ``bayesmoe_model``), ``max_iter`` (iteration cap, default 100) and ``chunk`` (draws whose
+        memberships are computed at once); see :func:`bayesmoe.inference.relabel.relabel`.
+    """
     from bayesmoe.inference.relabel import relabel as _relabel
 
     return _relabel(idata, method=method, **kwargs)

@@ -61,7 +61,10 @@ def check_blocks(blocks: Any, d: int | None = None, name: str = "blocks") -> Blo
 
 
 def block_dims(blocks: Any) -> int:
-    r"""Free entries of one covariance with this block structure: :math:`\sum_g |B_g|(|B_g|+1)/2`."""
+    r"""Free entries of one covariance with this block structure: :math:`\sum_g |B_g|(|B_g|+1)/2`.
+
+    :param blocks: the block structure, a partition of the variables' indices (e.g. ``[[0, 1], [2]]``).
+    """
     return int(sum(len(b) * (len(b) + 1) // 2 for b in check_blocks(blocks)))
 
 

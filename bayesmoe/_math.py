@@ -85,7 +85,13 @@ def gaussian_tril(scale: jnp.ndarray, corr_chol: jnp.ndarray | None = None) -> j
 def gaussian_log_components(weight: jnp.ndarray, loc: jnp.ndarray, scale_tril: jnp.ndarray,
                             x: jnp.ndarray) -> jnp.ndarray:
     r""":math:`\log \pi_k + \log N(x_i | c_k, L_k L_k^\top)`, shape (n, K), for weight (K,),
-    loc (K, d), L (K, d, d) lower triangular."""
+    loc (K, d), L (K, d, d) lower triangular.
+
+    :param weight: mixing weights :math:`\pi` (K,), on the simplex.
+    :param loc: means :math:`c_k` (K, d).
+    :param scale_tril: Cholesky factors :math:`L_k` (K, d, d) of the covariances.
+    :param x: inputs (n, d).
+    """
     d = x.shape[-1]
     diff = x[:, None, :] - loc[None, :, :]  # (n, K, d)
     z = jax.vmap(lambda L, r: solve_triangular(L, r.T, lower=True).T, in_axes=(0, 1),
@@ -97,7 +103,13 @@ def gaussian_log_components(weight: jnp.ndarray, loc: jnp.ndarray, scale_tril: j
 
 def gaussian_log_components_diag(weight: jnp.ndarray, loc: jnp.ndarray, scale: jnp.ndarray,
                                  x: jnp.ndarray) -> jnp.ndarray:
-    r"""As :func:`gaussian_log_components` with diagonal covariance, ``scale`` (K, d) sds."""
+    r"""As :func:`gaussian_log_components` with diagonal covariance, ``scale`` (K, d) sds.
+
+    :param weight: mixing weights :math:`\pi` (K,).
+    :param loc: means (K, d).
+    :param scale: standard deviations (K, d).
+    :param x: inputs (n, d).
+    """
     d = x.shape[-1]
     z = (x[:, None, :] - loc[None]) / scale[None]
     log_norm = (-0.5 * jnp.sum(z**2, -1) - jnp.sum(jnp.log(scale), -1)

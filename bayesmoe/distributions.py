@@ -28,6 +28,7 @@ class MixtureOfExperts(dist.Distribution):
 
     ``log_prob(y)`` is :math:`\log \sum_k \exp(\log g_{ik} + \log p_k(y_i))` (log-sum-exp);
     ``sample`` draws the expert index then the value; ``sample_with_index`` also returns the index.
+    :param validate_args: NumPyro's argument validation (None: the global setting).
     """
 
     arg_constraints = {"gate_logits": constraints.real_vector}
@@ -89,12 +90,19 @@ class MixtureOfExperts(dist.Distribution):
         return logsumexp(self.log_gate + self.component_log_probs(value), axis=-1)
 
     def responsibilities(self, value) -> jnp.ndarray:
-        r"""Posterior expert membership :math:`P(z_i = k | y_i) \propto g_{ik} p_k(y_i)`, (..., K)."""
+        r"""Posterior expert membership :math:`P(z_i = k | y_i) \propto g_{ik} p_k(y_i)`, (..., K).
+
+        :param value: observations y, shape (..., n) plus the components' event shape.
+        """
         joint = self.log_gate + self.component_log_probs(value)
         return jax.nn.softmax(joint, axis=-1)
 
     def sample_with_index(self, key, sample_shape=()) -> tuple[jnp.ndarray, jnp.ndarray]:
-        """Draw (value, expert index); the index has shape sample_shape + batch_shape."""
+        """Draw (value, expert index); the index has shape sample_shape + batch_shape.
+
+        :param key: a ``jax.random`` key.
+        :param sample_shape: leading shape of the draws.
+        """
         key_z, key_y = jax.random.split(key)
         shape = tuple(sample_shape) + tuple(self.batch_shape)
         z = jax.random.categorical(key_z, self.log_gate, shape=shape)

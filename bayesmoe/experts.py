@@ -45,7 +45,11 @@ polynomial_features = _math.polynomial_features
 
 
 def feature_names(names: list[str], degree: int) -> list[str]:
-    """Names of the polynomial features, e.g. ``x0``, ``x0^2``, ``x0*x1``."""
+    """Names of the polynomial features, e.g. ``x0``, ``x0^2``, ``x0*x1``.
+
+    :param names: the input names (length d).
+    :param degree: the polynomial degree (1: the names themselves).
+    """
     out = []
     for m in _math.monomials(len(names), degree):
         counts = {i: m.count(i) for i in sorted(set(m))}
@@ -141,6 +145,9 @@ class Gaussian(_Polynomial, Expert):
     prior vanishing at 0, bounded below in ML fits). EM M-step: weighted least squares on
     :math:`[1, \mathrm{poly}(x)]`, then :math:`\sigma_k^2 = \sum_i r_{ik} e_{ik}^2 / \sum_i r_{ik}`
     (arXiv 2305.03288).
+
+    :param degree: degree of the polynomial in x of the linear predictor (1: linear; p = number of
+        monomials of degree 1..degree in d inputs).
     """
 
     degree: int = 1
@@ -154,19 +161,35 @@ class Gaussian(_Polynomial, Expert):
         return _real_location_table()
 
     def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Expert means (n, K)."""
+        """Expert means (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return self.linear_predictor(params, x)
 
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
-        """The K expert distributions for each observation: a Normal of batch shape (n, K)."""
+        """The K expert distributions for each observation: a Normal of batch shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return dist.Normal(self.mean(params, x), jnp.asarray(params["expert_scale"]))
 
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-        """log p_k(y_i | x_i), shape (n, K)."""
+        """log p_k(y_i | x_i), shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        :param y: responses (n,).
+        """
         return self.component(params, x).log_prob(jnp.asarray(y)[:, None])
 
     def voronoi_atoms(self, params):
-        """Blocks a (slopes), b (intercept) and the **variance** sigma^2 (arXiv 2305.03288)."""
+        """Blocks a (slopes), b (intercept) and the **variance** sigma^2 (arXiv 2305.03288).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        """
         return {"a": jnp.asarray(params["expert_coef"]),
                 "b": jnp.asarray(params["expert_intercept"])[..., None],
                 "sigma": (jnp.asarray(params["expert_scale"]) ** 2)[..., None]}
@@ -196,6 +219,11 @@ class StudentT(_Polynomial, Expert):
     of :math:`-\psi(\nu/2) + \log(\nu/2) + 1 + \sum_i r_{ik}(\log u_{ik} - u_{ik})/\sum_i r_{ik} +
     \psi((\nu_k^{old}+1)/2) - \log((\nu_k^{old}+1)/2) = 0` in [0.05, 1000] (bisection). Each CM-step
     maximises the expected complete-data log-likelihood, so the likelihood never decreases.
+
+    :param degree: degree of the polynomial in x of the linear predictor (1: linear; p = number of
+        monomials of degree 1..degree in d inputs).
+    :param df: None to estimate :math:`\nu_k` per expert, or a fixed number of degrees of freedom
+        > 0.
     """
 
     degree: int = 1
@@ -229,15 +257,30 @@ class StudentT(_Polynomial, Expert):
         return jnp.asarray(self.df, dtype)
 
     def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Expert locations (n, K) (the means where df > 1)."""
+        """Expert locations (n, K) (the means where df > 1).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return self.linear_predictor(params, x)
 
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        r"""The K expert distributions of every observation: batch shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         loc = self.linear_predictor(params, x)
         scale = jnp.asarray(params["expert_scale"])
         return dist.StudentT(jnp.broadcast_to(self._df(params, loc.dtype), scale.shape), loc, scale)
 
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        r""":math:`\log p_k(y_i \mid x_i)`, shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        :param y: responses (n,).
+        """
         return self.component(params, x).log_prob(jnp.asarray(y)[:, None])
 
     def em_mstep(self, params, r, x, y, floors, cache, joint):
@@ -263,7 +306,13 @@ class StudentT(_Polynomial, Expert):
         return out
 
     def init_params(self, x, y, w, floors):
-        """Weighted least squares on the soft clusters; 10 degrees of freedom when estimated."""
+        """Weighted least squares on the soft clusters; 10 degrees of freedom when estimated.
+
+        :param x: inputs (n, d).
+        :param y: responses (n,).
+        :param w: soft expert weights (n, K), rows summing to 1.
+        :param floors: ``{site name: lower bound}`` of the floored scales.
+        """
         K = w.shape[-1]
         p0 = self.neutral_params(K, x.shape[-1], x.dtype)
         design = self.em_prepare(x, y)
@@ -284,6 +333,9 @@ class Poisson(_Polynomial, Expert):
     (K, p; prior :math:`N(0, (2.5/s_j)^2)`). EM M-step: per expert, the weighted Poisson regression
     :math:`\max \sum_i r_{ik}(y_i\eta_{ik} - e^{\eta_{ik}})` by Newton/IRLS with step halving (concave:
     negated Hessian :math:`Z^\top \mathrm{diag}(r_{\cdot k}\lambda_{\cdot k}) Z`).
+
+    :param degree: degree of the polynomial in x of the linear predictor (1: linear; p = number of
+        monomials of degree 1..degree in d inputs).
     """
 
     degree: int = 1
@@ -300,13 +352,28 @@ class Poisson(_Polynomial, Expert):
             lambda s, z: dist.Normal(0.0, 2.5 / s.sd))
 
     def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Expert rates :math:`\\lambda_{ik}` (n, K)."""
+        """Expert rates :math:`\\lambda_{ik}` (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return jnp.exp(self.linear_predictor(params, x))
 
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        r"""The K expert distributions of every observation: batch shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return dist.Poisson(self.mean(params, x))
 
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        r""":math:`\log p_k(y_i \mid x_i)`, shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        :param y: responses (n,).
+        """
         eta = self.linear_predictor(params, x)
         y = jnp.asarray(y, eta.dtype)[:, None]
         return y * eta - jnp.exp(eta) - gammaln(y + 1.0)
@@ -348,6 +415,11 @@ class Categorical(_Polynomial, Expert):
     ``expert_intercept`` (K, C), ``expert_coef`` (K, C, p) with the reference class as zeros. EM
     M-step: per expert, a weighted multinomial logistic regression of one-hot(y) by Newton/IRLS
     (arXiv 2310.14188).
+
+    :param n_classes: C, the number of classes (implied by ``labels`` when given).
+    :param degree: degree of the polynomial in x of the logits (1: linear).
+    :param labels: the class labels in order (any hashable values), or None for codes 0..C-1;
+        learnt from y by the fits when not given.
     """
 
     n_classes: int | None = None
@@ -377,7 +449,11 @@ class Categorical(_Polynomial, Expert):
         return list(self.labels) if self.labels is not None else list(range(self.n_classes))
 
     def encode_y(self, y, name="y"):
-        """Labels mapped to their codes 0..C-1 (positions in ``labels``); without labels y as is."""
+        """Labels mapped to their codes 0..C-1 (positions in ``labels``); without labels y as is.
+
+        :param y: the responses (n,) (labels of any hashable kind).
+        :param name: the argument name used in error messages.
+        """
         if self.labels is None:
             return y
         return _labels.encode(y, self.labels, name)
@@ -414,28 +490,55 @@ class Categorical(_Polynomial, Expert):
         )
 
     def logits(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Class logits (n, K, C)."""
+        """Class logits (n, K, C).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         f = self.features(x)
         return (jnp.einsum("np,kcp->nkc", f, jnp.asarray(params["expert_coef"]))
                 + jnp.asarray(params["expert_intercept"]))
 
     def probs(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Class probabilities of every expert (n, K, C)."""
+        """Class probabilities of every expert (n, K, C).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return jax.nn.softmax(self.logits(params, x), axis=-1)
 
     def mean(self, params, x):
+        r"""Expert means (n, K) (for class-label experts: None).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return None
 
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        r"""The K expert distributions of every observation: batch shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         return dist.Categorical(logits=self.logits(params, x))
 
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        r""":math:`\log p_k(y_i \mid x_i)`, shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        :param y: responses (n,).
+        """
         logp = jax.nn.log_softmax(self.logits(params, x), axis=-1)  # (n, K, C)
         y = jnp.asarray(y, dtype=jnp.int32)
         return jnp.take_along_axis(logp, y[:, None, None], axis=-1)[..., 0]
 
     def voronoi_atoms(self, params):
-        """Blocks a (slopes of every class) and b (intercepts of every class) (arXiv 2310.14188)."""
+        """Blocks a (slopes of every class) and b (intercepts of every class) (arXiv 2310.14188).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        """
         a = jnp.asarray(params["expert_coef"])
         return {"a": a.reshape(a.shape[:-2] + (-1,)), "b": jnp.asarray(params["expert_intercept"])}
 
@@ -459,7 +562,13 @@ class Categorical(_Polynomial, Expert):
         return {**params, "expert_intercept": full[..., 0], "expert_coef": full[..., 1:]}
 
     def init_params(self, x, y, w, floors):
-        """Each soft cluster's class frequencies (+0.5 smoothing) as intercepts, zero slopes."""
+        """Each soft cluster's class frequencies (+0.5 smoothing) as intercepts, zero slopes.
+
+        :param x: inputs (n, d).
+        :param y: responses (n,).
+        :param w: soft expert weights (n, K), rows summing to 1.
+        :param floors: ``{site name: lower bound}`` of the floored scales.
+        """
         K, C, p = w.shape[-1], self.n_classes, self.n_features(x.shape[-1])
         onehot = jax.nn.one_hot(y, C, dtype=x.dtype)
         freq = w.T @ onehot + 0.5                                            # (K, C)

@@ -99,9 +99,18 @@ class Param:
         return self.dims.index(self.reference) - len(self.dims)
 
     def full_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        r"""The site's full shape, symbols replaced by their values.
+
+        :param sizes: values of the shape symbols (:meth:`Family.sizes`, e.g. ``{'K': 3, 'd': 2, 'p':
+            2}``).
+        """
         return tuple(int(sizes[s]) if isinstance(s, str) else int(s) for s in self.shape)
 
     def free_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        r"""The sample site's shape: the full shape with one entry fewer along the reference dim.
+
+        :param sizes: values of the shape symbols (:meth:`Family.sizes`).
+        """
         shape = list(self.full_shape(sizes))
         if self.reference:
             shape[self.ref_axis()] -= 1
@@ -111,13 +120,25 @@ class Param:
         return dist.biject_to(self.constraint)
 
     def unconstrained_shape(self, sizes: Mapping[str, int]) -> tuple[int, ...]:
+        r"""Shape of the site in unconstrained space (e.g. K - 1 for a K-simplex).
+
+        :param sizes: values of the shape symbols (:meth:`Family.sizes`).
+        """
         return tuple(self.bijection().inverse_shape(self.free_shape(sizes)))
 
     def n_free(self, sizes: Mapping[str, int]) -> int:
+        r"""Number of free parameters of the site (size of its unconstrained shape).
+
+        :param sizes: values of the shape symbols (:meth:`Family.sizes`).
+        """
         return int(np.prod(self.unconstrained_shape(sizes), dtype=np.int64))
 
     def constant(self, sizes: Mapping[str, int], dtype) -> jnp.ndarray:
-        """The value of a site without free parameters."""
+        """The value of a site without free parameters.
+
+        :param sizes: values of the shape symbols (:meth:`Family.sizes`).
+        :param dtype: the float dtype of the result.
+        """
         if self.reference:
             return jnp.zeros(self.full_shape(sizes), dtype)
         return self.bijection()(jnp.zeros(self.unconstrained_shape(sizes), dtype))
@@ -166,7 +187,10 @@ class Family(abc.ABC):
         return jnp.asarray(x)
 
     def regressor_dim(self, d: int) -> str:
-        """ArviZ dim name of the regressor axis."""
+        """ArviZ dim name of the regressor axis.
+
+        :param d: number of inputs (columns of x).
+        """
         return "feature"
 
     def regressor_names(self, names: list[str]) -> list:
@@ -175,19 +199,32 @@ class Family(abc.ABC):
             range(self.n_features(len(names))))
 
     def sizes(self, K: int, d: int) -> dict[str, int]:
-        """Values of the shape symbols. Override to add symbols (e.g. ``C``)."""
+        """Values of the shape symbols. Override to add symbols (e.g. ``C``).
+
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        """
         return {"K": int(K), "d": int(d), "p": int(self.n_features(d))}
 
     def coords(self, names: list[str]) -> dict[str, list]:
-        """ArviZ coords of the family's own dims (the expert and feature dims are the model's)."""
+        """ArviZ coords of the family's own dims (the expert and feature dims are the model's).
+
+        :param names: the input names (the ``feature`` coords), length d.
+        """
         return {self.regressor_dim(len(names)): self.regressor_names(names)}
 
     def canonical(self, params: Params) -> Params:
-        """Convert accepted alternative parametrisations to the table's sites (default: as is)."""
+        """Convert accepted alternative parametrisations to the table's sites (default: as is).
+
+        :param params: a user's params dict (site name -> array).
+        """
         return params
 
     def derived(self, params: Params) -> Params:
-        """Deterministic sites computed from the table's sites (default: none)."""
+        """Deterministic sites computed from the table's sites (default: none).
+
+        :param params: the table's full sites (site name -> array).
+        """
         return {}
 
     def derived_dims(self) -> dict[str, tuple[str, ...]]:
@@ -195,7 +232,11 @@ class Family(abc.ABC):
         return {}
 
     def em_prepare(self, x: jnp.ndarray, y: jnp.ndarray | None) -> Any:
-        """Data computed once per EM run and passed to the M-step (default: none)."""
+        """Data computed once per EM run and passed to the M-step (default: none).
+
+        :param x: inputs (n, d).
+        :param y: responses (n,) (None for gates).
+        """
         return None
 
     @property
@@ -215,7 +256,12 @@ class Family(abc.ABC):
 
     @staticmethod
     def from_spec(spec: Mapping, role: str = "family") -> Family:
-        """Rebuild a family from :meth:`spec`; an unknown family is a clear error."""
+        """Rebuild a family from :meth:`spec`; an unknown family is a clear error.
+
+        :param spec: the dict written by :meth:`spec` (``family``: the class path, then the dataclass
+            fields).
+        :param role: ``"gate"``, ``"expert"`` or ``"family"``, named in error messages.
+        """
         if not isinstance(spec, Mapping) or "family" not in spec:
             raise ValueError(f"a {role} spec must be a dict with a 'family' key, got {spec!r}")
         path = str(spec["family"])
@@ -237,16 +283,30 @@ class Family(abc.ABC):
         return {p.name for p in self.param_table()}
 
     def param_shapes(self, K: int, d: int) -> dict[str, tuple[int, ...]]:
+        r"""Full shape of every site of the table, ``{site name: shape}``.
+
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        """
         sizes = self.sizes(K, d)
         return {p.name: p.full_shape(sizes) for p in self.param_table()}
 
     def n_params(self, K: int, d: int) -> int:
-        """Number of free parameters (reference entries and constraints accounted for)."""
+        """Number of free parameters (reference entries and constraints accounted for).
+
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        """
         sizes = self.sizes(K, d)
         return int(sum(p.n_free(sizes) for p in self.param_table()))
 
     def param_dims(self, d: int, free: bool = False) -> dict[str, tuple[str, ...]]:
-        """ArviZ dims of every full site (and of the free sites with ``free=True``)."""
+        """ArviZ dims of every full site (and of the free sites with ``free=True``).
+
+        :param d: number of inputs (columns of x).
+        :param free: also give the dims of the free sample sites (``<name>_free``, the reference dim
+            renamed ``<dim>_free``).
+        """
         reg = self.regressor_dim(d)
         out = {}
         for p in self.param_table():
@@ -270,6 +330,13 @@ class Family(abc.ABC):
         """Check keys, shapes (every axis), finiteness and support; return the table's sites.
 
         Raises ``ValueError`` naming ``name[site]`` and the expected and received shapes.
+
+        :param params: the params dict to check (site name -> array-like).
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        :param batch_ndim: number of leading batch axes allowed before each site's shape (e.g. 1 for S
+            starts).
+        :param name: the argument name used in error messages.
         """
         if not isinstance(params, Mapping):
             raise ValueError(f"`{name}` must be a dict keyed by site name, got {type(params).__name__}")
@@ -305,7 +372,11 @@ class Family(abc.ABC):
 
     def to_free(self, params: Mapping) -> Params:
         """Sample-site values of full parameters: reference entries dropped after re-gauging, sites
-        without free parameters omitted. Leading batch axes are kept."""
+        without free parameters omitted. Leading batch axes are kept.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        """
         out = {}
         for p in self.param_table():
             v = jnp.asarray(params[p.name])
@@ -322,7 +393,13 @@ class Family(abc.ABC):
 
     def to_full(self, free: Mapping, K: int, d: int) -> Params:
         """Full parameters (reference entries as zeros, constants filled, derived sites added) from
-        sample-site values; leading batch axes are kept."""
+        sample-site values; leading batch axes are kept.
+
+        :param free: sample-site values (``<name>_free`` for sites with a reference entry), leading
+            batch axes allowed.
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        """
         sizes = self.sizes(K, d)
         out = {}
         batch = None
@@ -342,7 +419,11 @@ class Family(abc.ABC):
         return out
 
     def regauge(self, params: Mapping) -> Params:
-        """The same parameters in the reference gauge (reference entries subtracted)."""
+        """The same parameters in the reference gauge (reference entries subtracted).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        """
         out = dict(params)
         for p in self.param_table():
             if p.reference and p.name in out:
@@ -352,12 +433,19 @@ class Family(abc.ABC):
         return out
 
     def affine_sites(self, tag: str) -> list[str]:
-        """Names of the sites with the given ``affine`` tag (e.g. ``"coef"``: the slopes)."""
+        """Names of the sites with the given ``affine`` tag (e.g. ``"coef"``: the slopes).
+
+        :param tag: an ``affine`` tag of :class:`Param` (``"intercept"``, ``"coef"``, ``"y_scale"``,
+            ``"x_loc"``, ``"x_scale"``).
+        """
         return [p.name for p in self.param_table() if p.affine == tag]
 
     def x_affine(self, d: int) -> bool:
         """Whether the family depends on x only through x itself (its regressors are x): then fits
-        may standardise x, mapping the parameters with the table's ``affine`` tags. Default False."""
+        may standardise x, mapping the parameters with the table's ``affine`` tags. Default False.
+
+        :param d: number of inputs (columns of x).
+        """
         return False
 
     def standardize(self, params: Mapping, x_loc, x_scale, y_loc=0.0, y_scale=1.0, *,
@@ -369,6 +457,14 @@ class Family(abc.ABC):
         with ``y_affine`` also divided by t (and b shifted by c first); ``y_scale`` sites are divided
         by t, ``x_loc`` sites map to (loc - m)/s and ``x_scale`` sites to scale/s. Pass ``x_loc = 0,
         x_scale = 1`` (``y_loc = 0, y_scale = 1``) to leave x (y) as is.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x_loc: the location m (d,) subtracted from x (0 to leave x as is).
+        :param x_scale: the scale s (d,) dividing x (1 to leave x as is).
+        :param y_loc: the location c subtracted from y.
+        :param y_scale: the scale t dividing y.
+        :param inverse: map parameters of standardised data back to the data's units.
         """
         y_aff = bool(getattr(self, "y_affine", False))
         c, t = (y_loc, y_scale) if y_aff else (0.0, 1.0)
@@ -396,7 +492,10 @@ class Family(abc.ABC):
 
     def transforms(self, floors: Mapping | None = None) -> dict:
         """Bijections from unconstrained space to every sample site's support; sites named in
-        ``floors`` (positive scales) use ``floor + exp(u)``: an explicit lower bound."""
+        ``floors`` (positive scales) use ``floor + exp(u)``: an explicit lower bound.
+
+        :param floors: ``{site name: lower bound}`` of the floored scales, or None.
+        """
         floors = floors or {}
         out = {}
         for p in self.param_table():
@@ -407,7 +506,12 @@ class Family(abc.ABC):
         return out
 
     def random_params(self, rng: np.random.Generator, K: int, d: int) -> Params:
-        """Random valid full parameters (numpy float64): unconstrained values uniform in (-1, 1)."""
+        """Random valid full parameters (numpy float64): unconstrained values uniform in (-1, 1).
+
+        :param rng: a ``numpy.random.Generator``.
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        """
         sizes = self.sizes(K, d)
         with jax.enable_x64(True):  # exact constraints (simplex sums, unit rows) in float64
             free = {}
@@ -420,7 +524,12 @@ class Family(abc.ABC):
         return full
 
     def neutral_params(self, K: int, d: int, dtype=None) -> Params:
-        """Unconstrained zeros mapped to every site: a neutral starting point."""
+        """Unconstrained zeros mapped to every site: a neutral starting point.
+
+        :param K: number of experts.
+        :param d: number of inputs (columns of x).
+        :param dtype: float dtype (default: float64 under x64, else float32).
+        """
         sizes = self.sizes(K, d)
         dtype = dtype or _float_dtype()
         free = {p.site: p.bijection()(jnp.zeros(p.unconstrained_shape(sizes), dtype))
@@ -433,6 +542,11 @@ class Family(abc.ABC):
 
         ``scale`` is the :class:`~bayesmoe.priors.Scale` of this family's regressors (and of y),
         the unit the default priors are stated in; ``priors`` overrides them by site name.
+
+        :param n_experts: K, the number of experts.
+        :param d: number of inputs (columns of x).
+        :param scale: the :class:`~bayesmoe.priors.Scale` of the family's regressors and of y.
+        :param priors: ``{site name: NumPyro distribution}`` overriding default priors, or None.
         """
         K = n_experts
         sizes = self.sizes(K, d)
@@ -455,7 +569,11 @@ class Family(abc.ABC):
     # ------------------------------------------------------------------ Voronoi losses (bm.metrics)
     def voronoi_atoms(self, params: Params) -> dict[str, jnp.ndarray]:
         """The family's blocks of each atom of the mixing measure, ``{block: (..., K, m)}`` (distances
-        are Euclidean norms per block). Families that take part in Voronoi losses override it."""
+        are Euclidean norms per block). Families that take part in Voronoi losses override it.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        """
         raise NotImplementedError(f"{self!r} defines no Voronoi atoms (voronoi_atoms)")
 
     def voronoi_orders(self) -> dict[str, str | float]:
@@ -465,7 +583,12 @@ class Family(abc.ABC):
 
     def take_atoms(self, params: Params, index) -> Params:
         """The family's sites with the expert axis indexed by ``index`` (copies or a subset of atoms;
-        derived sites are recomputed)."""
+        derived sites are recomputed).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param index: integer indices along the expert axis (length K', repeats allowed).
+        """
         out = dict(params)
         for p in self.param_table():
             if p.name in params and "expert" in p.dims:
@@ -479,13 +602,40 @@ class Family(abc.ABC):
     @abc.abstractmethod
     def em_objective(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
                      joint: bool) -> jnp.ndarray:
-        """The family's part of the expected complete-data log-likelihood :math:`Q`."""
+        """The family's part of the expected complete-data log-likelihood :math:`Q`.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param r: responsibilities (n, K): :math:`r_{ik} = P(z_i = k \\mid x_i, y_i)` of the E-step (or
+            soft start weights); rows sum to 1 (zero rows for padding).
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        :param joint: whether the objective is the joint log-likelihood of (x, y) (a gate that models
+            x, ``Gate.models_x``): the gate's term is then :math:`\\log \\pi_k + \\log p_k(x_i)` instead
+            of :math:`\\log g_k(x_i)`.
+        """
 
     def em_update(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
                   floors: Mapping, cache: Any, joint: bool, n_steps: int = _GEM_STEPS) -> Params:
         """One M-step: the family's closed form (:meth:`em_mstep`) when it has one, else
         ``n_steps`` damped Newton steps on :meth:`em_objective` in the unconstrained free
-        parametrisation (accepted only when :math:`Q` increases: a generalised EM step)."""
+        parametrisation (accepted only when :math:`Q` increases: a generalised EM step).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param r: responsibilities (n, K): :math:`r_{ik} = P(z_i = k \\mid x_i, y_i)` of the E-step (or
+            soft start weights); rows sum to 1 (zero rows for padding).
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        :param floors: ``{site name: lower bound}`` of the floored scales (:meth:`floor_sites`), in
+            the data's units; empty for no floors.
+        :param cache: what :meth:`em_prepare` computed once for this run (e.g. Gram matrices), or
+            None.
+        :param joint: whether the objective is the joint log-likelihood of (x, y) (a gate that models
+            x, ``Gate.models_x``): the gate's term is then :math:`\\log \\pi_k + \\log p_k(x_i)` instead
+            of :math:`\\log g_k(x_i)`.
+        :param n_steps: Newton steps of the generic M-step.
+        """
         new = self.em_mstep(params, r, x, y, floors, cache, joint)
         if new is not None:
             return new
@@ -493,12 +643,41 @@ class Family(abc.ABC):
 
     def em_mstep(self, params: Params, r: jnp.ndarray, x: jnp.ndarray, y: jnp.ndarray,
                  floors: Mapping, cache: Any, joint: bool) -> Params | None:
-        """A closed-form (or family-specific) M-step, or None to use the generic one."""
+        """A closed-form (or family-specific) M-step, or None to use the generic one.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param r: responsibilities (n, K): :math:`r_{ik} = P(z_i = k \\mid x_i, y_i)` of the E-step (or
+            soft start weights); rows sum to 1 (zero rows for padding).
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        :param floors: ``{site name: lower bound}`` of the floored scales (:meth:`floor_sites`), in
+            the data's units; empty for no floors.
+        :param cache: what :meth:`em_prepare` computed once for this run (e.g. Gram matrices), or
+            None.
+        :param joint: whether the objective is the joint log-likelihood of (x, y) (a gate that models
+            x, ``Gate.models_x``): the gate's term is then :math:`\\log \\pi_k + \\log p_k(x_i)` instead
+            of :math:`\\log g_k(x_i)`.
+        """
         return None
 
     def generic_mstep(self, params: Params, r, x, y, floors: Mapping, joint: bool,
                       n_steps: int = _GEM_STEPS) -> Params:
-        """Damped Newton ascent of :meth:`em_objective` over this family's free parameters."""
+        """Damped Newton ascent of :meth:`em_objective` over this family's free parameters.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param r: responsibilities (n, K): :math:`r_{ik} = P(z_i = k \\mid x_i, y_i)` of the E-step (or
+            soft start weights); rows sum to 1 (zero rows for padding).
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        :param floors: ``{site name: lower bound}`` of the floored scales (:meth:`floor_sites`), in
+            the data's units; empty for no floors.
+        :param joint: whether the objective is the joint log-likelihood of (x, y) (a gate that models
+            x, ``Gate.models_x``): the gate's term is then :math:`\\log \\pi_k + \\log p_k(x_i)` instead
+            of :math:`\\log g_k(x_i)`.
+        :param n_steps: number of damped Newton steps.
+        """
         K = r.shape[-1]
         d = x.shape[-1]
         tfs = self.transforms(floors)
@@ -553,50 +732,113 @@ class Gate(Family):
 
     @abc.abstractmethod
     def log_weights(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        """Normalised log gate probabilities (n, K) (each row log-sums to 0)."""
+        """Normalised log gate probabilities (n, K) (each row log-sums to 0).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        """
 
     def log_components(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        r""":math:`\log \pi_k + \log p_k(x_i)`, (n, K): only for gates that model x."""
+        r""":math:`\log \pi_k + \log p_k(x_i)`, (n, K): only for gates that model x.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        """
         raise NotImplementedError(f"{self!r} does not model x (models_x is False)")
 
     def log_marginal(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        r""":math:`\log p(x_i) = \log\sum_k \pi_k p_k(x_i)`, shape (n,)."""
+        r""":math:`\log p(x_i) = \log\sum_k \pi_k p_k(x_i)`, shape (n,).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        """
         return jax.scipy.special.logsumexp(self.log_components(params, x), axis=-1)
 
     def x_distribution(self, params: Params) -> dist.Distribution:
-        """The distribution of one input x (a NumPyro distribution with event shape (d,))."""
+        """The distribution of one input x (a NumPyro distribution with event shape (d,)).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        """
         raise NotImplementedError(f"{self!r} does not model x (models_x is False)")
 
     def sample_x(self, key: jax.Array, params: Params, n: int) -> jnp.ndarray:
-        """Draw n inputs from the gate's model of x."""
+        """Draw n inputs from the gate's model of x.
+
+        :param key: a ``jax.random`` key.
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param n: number of inputs to draw.
+        """
         return self.x_distribution(params).sample(key, (n,))
 
     def log_terms(self, params: Params, x: jnp.ndarray, joint: bool) -> jnp.ndarray:
-        """The gate's term of :math:`\\ell_{ik}`: log components (joint) or log weights."""
+        """The gate's term of :math:`\\ell_{ik}`: log components (joint) or log weights.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        :param joint: whether the objective is the joint log-likelihood of (x, y) (a gate that models
+            x, ``Gate.models_x``): the gate's term is then :math:`\\log \\pi_k + \\log p_k(x_i)` instead
+            of :math:`\\log g_k(x_i)`.
+        """
         return self.log_components(params, x) if joint else self.log_weights(params, x)
 
     def em_objective(self, params, r, x, y, joint):
+        r"""The gate's part of :math:`Q`: :math:`\sum_{ik} r_{ik}` times the gate term (:meth:`log_terms`).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param r: responsibilities (n, K): :math:`r_{ik} = P(z_i = k \mid x_i, y_i)` of the E-step (or
+            soft start weights); rows sum to 1 (zero rows for padding).
+        :param x: inputs (n, d).
+        :param y: unused by gates (None).
+        :param joint: whether the objective is the joint log-likelihood of (x, y) (a gate that models
+            x, ``Gate.models_x``): the gate's term is then :math:`\log \pi_k + \log p_k(x_i)` instead
+            of :math:`\log g_k(x_i)`.
+        """
         return jnp.sum(r * self.log_terms(params, x, joint))
 
     def voronoi_weights(self, params: Params) -> jnp.ndarray:
-        """The atoms' masses in the mixing measure, (..., K)."""
+        """The atoms' masses in the mixing measure, (..., K).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        """
         raise NotImplementedError(f"{self!r} defines no Voronoi weights (voronoi_weights)")
 
     def scale_masses(self, params: Params, factor) -> Params:
         """The gate's sites with each atom's mixing mass multiplied by ``factor`` (K,) (e.g. a true
-        atom's mass shared among its copies when building over-fitted starts)."""
+        atom's mass shared among its copies when building over-fitted starts).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param factor: multipliers (K,) of the atoms' masses.
+        """
         raise NotImplementedError(f"{self!r} defines no mixing masses (scale_masses)")
 
     def voronoi_cell_orders(self, true_params: Params, orders: Mapping) -> dict[str, tuple]:
         r"""Per true atom j, the exponent of each block in an over-fitted cell :math:`A_j`, as
         ``{block: (mult, const)}`` meaning :math:`\text{mult}\cdot r_j + \text{const}` (scalars, or
         arrays of shape (..., K_true) when the exponent depends on the true atom). ``orders`` are the
-        families' :meth:`voronoi_orders`. Default: the same exponents in every cell."""
+        families' :meth:`voronoi_orders`. Default: the same exponents in every cell.
+
+        :param true_params: the true gate params (K_true atoms).
+        :param orders: ``{block: order}`` of the families' :meth:`voronoi_orders`.
+        """
         return {name: voronoi_order_pair(spec) for name, spec in orders.items()}
 
     def translated(self, params: Params, shift: Mapping) -> Params:
         """The gate's sites with a reference entry shifted by a common translation: every row of site
-        ``name`` plus ``shift[name]`` (one row's shape). The gate probabilities do not change."""
+        ``name`` plus ``shift[name]`` (one row's shape). The gate probabilities do not change.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param shift: ``{site name: one row}`` added to every row of that site.
+        """
         out = dict(params)
         for name, dim in self.reference_dims().items():
             if dim == "expert" and name in shift:
@@ -605,7 +847,13 @@ class Gate(Family):
 
     def init_params(self, x: jnp.ndarray, w: jnp.ndarray, floors: Mapping) -> Params:
         """A data-driven start given soft expert weights w (n, K): by default the M-step (closed form
-        or generic) from the neutral point. Must be pure JAX (it runs compiled, vmapped over starts)."""
+        or generic) from the neutral point. Must be pure JAX (it runs compiled, vmapped over starts).
+
+        :param x: inputs (n, d).
+        :param w: soft expert weights (n, K), rows summing to 1.
+        :param floors: ``{site name: lower bound}`` of the floored scales (:meth:`floor_sites`), in
+            the data's units; empty for no floors.
+        """
         K, d = w.shape[-1], x.shape[-1]
         p0 = self.neutral_params(K, d, x.dtype)
         new = self.em_mstep(p0, w, x, None, floors, self.em_prepare(x, None), self.models_x)
@@ -631,18 +879,39 @@ class Expert(Family):
 
     @abc.abstractmethod
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
-        """:math:`\\log p_k(y_i | x_i)`, shape (n, K)."""
+        """:math:`\\log p_k(y_i | x_i)`, shape (n, K).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        """
 
     @abc.abstractmethod
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
-        """The K expert distributions of every observation: batch shape (n, K)."""
+        """The K expert distributions of every observation: batch shape (n, K).
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        """
 
     def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray | None:
-        """Expert means (n, K), or None when a mean is not what this expert predicts."""
+        """Expert means (n, K), or None when a mean is not what this expert predicts.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        """
         return self.component(params, x).mean
 
     def probs(self, params: Params, x: jnp.ndarray) -> jnp.ndarray | None:
-        """Class probabilities (n, K, C) of finite-support experts; None otherwise."""
+        """Class probabilities (n, K, C) of finite-support experts; None otherwise.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param x: inputs (n, d).
+        """
         return None
 
     @property
@@ -651,12 +920,19 @@ class Expert(Family):
 
     def encode_y(self, y: Any, name: str = "y") -> Any:
         """The user's responses as values of :attr:`support` (e.g. class labels as codes 0..C-1);
-        default: as they are. Unknown labels are a ``ValueError`` naming ``name``."""
+        default: as they are. Unknown labels are a ``ValueError`` naming ``name``.
+
+        :param y: the user's responses (n,) (labels of any kind for class-label experts).
+        :param name: the argument name used in error messages.
+        """
         return y
 
     def for_response(self, y: Any) -> Expert:
         """This family adapted to the labels of the responses ``y`` (e.g. a class-label expert that
-        learns string labels); default: itself."""
+        learns string labels); default: itself.
+
+        :param y: the user's responses (n,).
+        """
         return self
 
     def classes(self) -> list | None:
@@ -664,11 +940,28 @@ class Expert(Family):
         return None
 
     def em_objective(self, params, r, x, y, joint):
+        r"""The expert's part of :math:`Q`: :math:`\sum_{ik} r_{ik} \log p_k(y_i \mid x_i)`.
+
+        :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
+        :param r: responsibilities (n, K): :math:`r_{ik} = P(z_i = k \mid x_i, y_i)` of the E-step (or
+            soft start weights); rows sum to 1 (zero rows for padding).
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        :param joint: unused by experts.
+        """
         return jnp.sum(r * self.log_prob(params, x, y))
 
     def init_params(self, x: jnp.ndarray, y: jnp.ndarray, w: jnp.ndarray, floors: Mapping) -> Params:
         """A data-driven start given soft expert weights w (n, K): by default the M-step (closed form
-        or generic) from the neutral point. Must be pure JAX (it runs compiled, vmapped over starts)."""
+        or generic) from the neutral point. Must be pure JAX (it runs compiled, vmapped over starts).
+
+        :param x: inputs (n, d).
+        :param y: responses (n,) as values of the expert's ``support`` (None for gates).
+        :param w: soft expert weights (n, K), rows summing to 1.
+        :param floors: ``{site name: lower bound}`` of the floored scales (:meth:`floor_sites`), in
+            the data's units; empty for no floors.
+        """
         K, d = w.shape[-1], x.shape[-1]
         p0 = self.neutral_params(K, d, x.dtype)
         new = self.em_mstep(p0, w, x, y, floors, self.em_prepare(x, y), False)

@@ -125,7 +125,13 @@ class Side:
     @classmethod
     def learn(cls, formula: Any, df, what: str, *, intercept: bool = True) -> Side:
         """Materialise ``formula`` (a formulaic formula or its text) on the training frame ``df`` and
-        keep what it learnt."""
+        keep what it learnt.
+
+        :param formula: a one-sided formula (``"~ x1 + C(region)"``) or a formulaic ``Formula``.
+        :param df: the training DataFrame.
+        :param what: what the formula is for (``"experts"``, ``"gate"``), named in error messages.
+        :param intercept: keep an intercept column (False: drop it).
+        """
         from formulaic import model_matrix  # noqa: PLC0415
         from formulaic.errors import FormulaicError  # noqa: PLC0415
 
@@ -167,7 +173,11 @@ class Side:
                          encoder_state=encoder)
 
     def matrix(self, df, name: str) -> np.ndarray:
-        """The design matrix of new data ``df`` (the learnt coding), float (n, p)."""
+        """The design matrix of new data ``df`` (the learnt coding), float (n, p).
+
+        :param df: the DataFrame of new data, with the variables the formula uses.
+        :param name: the argument name reported in error messages.
+        """
         from formulaic.errors import FormulaicError  # noqa: PLC0415
 
         _check_variables(df, self.variables, self.formula, name)
@@ -200,6 +210,10 @@ class Side:
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> Side:
+        """Rebuild a side from :meth:`spec`'s dict.
+
+        :param spec: the dict written by :meth:`spec`.
+        """
         return cls(str(spec["formula"]), json.dumps(spec["state"], sort_keys=True),
                    tuple(str(c) for c in spec["columns"]), tuple(str(v) for v in spec["variables"]))
 
@@ -284,7 +298,11 @@ class Design:
 
     # ------------------------------------------------------------------ data
     def x(self, data: Any, name: str = "data") -> np.ndarray:
-        """The model's input matrix of ``data`` (n, d): the union design, columns :attr:`columns`."""
+        """The model's input matrix of ``data`` (n, d): the union design, columns :attr:`columns`.
+
+        :param data: a DataFrame (or a mapping of columns) with the formulas' variables.
+        :param name: the argument name reported in error messages.
+        """
         df = _frame(data, name)
         xe = self.expert.matrix(df, name)
         if not self.split:
@@ -294,7 +312,11 @@ class Design:
         return np.concatenate([xe, xg[:, extra]], axis=1)
 
     def y(self, data: Any, name: str = "data") -> Any:
-        """The response of ``data``: the column as is (labels kept), or its transform."""
+        """The response of ``data``: the column as is (labels kept), or its transform.
+
+        :param data: a DataFrame (or a mapping of columns) holding the response.
+        :param name: the argument name reported in error messages.
+        """
         df = _frame(data, name)
         if self.response_side is not None:
             return self.response_side.matrix(df, name)[:, 0]
@@ -324,6 +346,10 @@ class Design:
 
     @classmethod
     def from_spec(cls, spec: Mapping) -> Design:
+        """Rebuild a design from :meth:`spec`'s dict (as saved with fits and posteriors).
+
+        :param spec: the dict written by :meth:`spec`.
+        """
         if not isinstance(spec, Mapping) or "expert" not in spec or "gate" not in spec:
             raise ValueError(f"a design spec must be a dict with 'expert' and 'gate', got {spec!r}")
         rs = spec.get("response_side")

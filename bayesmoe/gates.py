@@ -193,6 +193,10 @@ class Softmax(_LinearSoftmax):
         return jnp.asarray(x)
 
     def x_affine(self, d: int) -> bool:
+        r"""True: the softmax gate's regressors are x itself, so fits may standardise x.
+
+        :param d: number of inputs.
+        """
         return True
 
 
@@ -292,7 +296,10 @@ class Gaussian(Gate):
 
     def canonical(self, params: Params) -> Params:
         """Accept ``gate_cov`` in place of ``gate_scale`` + the correlation factors (full or block
-        covariance; for blocks only the entries inside the blocks are read)."""
+        covariance; for blocks only the entries inside the blocks are read).
+
+        :param params: the user's gate params (``gate_cov`` alone is accepted and converted).
+        """
         corr_sites = ["gate_corr_chol"] if self.covariance == "full" else self._block_sites()
         if (self.covariance in ("full", "block") and "gate_cov" in params
                 and ("gate_scale" not in params or any(c not in params for c in corr_sites))):
@@ -342,7 +349,11 @@ class Gaussian(Gate):
         return jnp.linalg.cholesky(jnp.asarray(params["gate_cov"]))
 
     def log_components(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
-        r"""Unnormalised log gate terms :math:`\log \pi_k + \log N(x_i | c_k, \Gamma_k)`, (n, K)."""
+        r"""Unnormalised log gate terms :math:`\log \pi_k + \log N(x_i | c_k, \Gamma_k)`, (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
         weight = jnp.asarray(params["gate_weight"])
         loc = jnp.asarray(params["gate_loc"])
         tril = self._tril(params)
@@ -364,7 +375,12 @@ class Gaussian(Gate):
         return dist.MixtureSameFamily(dist.Categorical(probs=jnp.asarray(params["gate_weight"])), comp)
 
     def sample_x(self, key: jax.Array, params: Params, n: int) -> jnp.ndarray:
-        """Draw n inputs from the gate's Gaussian mixture :math:`\\sum_k \\pi_k N(c_k, \\Gamma_k)`."""
+        """Draw n inputs from the gate's Gaussian mixture :math:`\\sum_k \\pi_k N(c_k, \\Gamma_k)`.
+
+        :param key: a ``jax.random`` key.
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param n: number of inputs to draw.
+        """
         check_positive_int(n, "n")
         weight = jnp.asarray(params["gate_weight"])
         loc = jnp.asarray(params["gate_loc"])
@@ -378,12 +394,18 @@ class Gaussian(Gate):
 
     # ------------------------------------------------------------------ Voronoi losses
     def voronoi_weights(self, params):
-        r"""Masses :math:`\pi_k` of the mixing measure (arXiv 2305.07572)."""
+        r"""Masses :math:`\pi_k` of the mixing measure (arXiv 2305.07572).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        """
         return jnp.asarray(params["gate_weight"])
 
     def voronoi_atoms(self, params):
         r"""Blocks c (location) and :math:`\Gamma` (the covariance, flattened: its Euclidean norm is the
-        Frobenius norm; the diagonal for ``covariance="diag"``)."""
+        Frobenius norm; the diagonal for ``covariance="diag"``).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        """
         loc = jnp.asarray(params["gate_loc"])
         tril = self._tril(params)
         if tril is None:
@@ -396,7 +418,11 @@ class Gaussian(Gate):
         return {"c": "r", "Gamma": "r/2"}
 
     def scale_masses(self, params, factor):
-        """Masses pi times factor (a factor keeping the total 1 keeps a simplex)."""
+        """Masses pi times factor (a factor keeping the total 1 keeps a simplex).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param factor: multipliers (K,) of the weights :math:`\\pi_k`.
+        """
         return {**params, "gate_weight": jnp.asarray(params["gate_weight"]) * jnp.asarray(factor)}
 
     def voronoi_cell_orders(self, true_params, orders):
@@ -404,7 +430,11 @@ class Gaussian(Gate):
         :math:`c^*_j \ne 0` (regime 1) the expert slope block ``a`` has the fixed exponent 2; in a cell
         with :math:`c^*_j = 0` (regime 2) it has :math:`\tilde r/2` with :math:`\tilde r(2) = 4`,
         :math:`\tilde r(3) = 6` (equal to :math:`\bar r`, so the cell's r is used). Other blocks as
-        declared."""
+        declared.
+
+        :param true_params: the true gate params (K_true atoms).
+        :param orders: ``{block: order}`` of the families' ``voronoi_orders``.
+        """
         out = super().voronoi_cell_orders(true_params, orders)
         if "a" in out:
             zero = jnp.all(jnp.asarray(true_params["gate_loc"]) == 0, axis=-1)      # (..., K_true)
@@ -450,7 +480,17 @@ class Gaussian(Gate):
         r"""Joint (GLLiM) likelihood only, closed form: :math:`\pi_k = r_k/n`, :math:`c_k` the weighted
         mean, :math:`\Gamma_k` the weighted covariance (variances bounded below by the squared floor;
         plus the floor on the diagonal for full covariances). The conditional likelihood has no closed
-        form: None (the generic M-step)."""
+        form: None (the generic M-step).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param r: responsibilities (n, K), :math:`r_{ik} = P(z_i = k \mid x_i, y_i)`.
+        :param x: inputs (n, d).
+        :param y: unused (None).
+        :param floors: ``{site name: lower bound}`` of the floored scales.
+        :param cache: what :meth:`em_prepare` computed for this run.
+        :param joint: whether the gate's term is the joint :math:`\log \pi_k + \log p_k(x_i)`
+            (``MoE(..., joint=True)``).
+        """
         return self._moments(params, r, x, floors) if joint else None
 
     def init_params(self, x, w, floors):

@@ -53,7 +53,8 @@ class LassoPath:
     ``lambdas`` the decreasing levels; ``dataset`` an ``xarray.Dataset`` with a ``lambda`` dim: every
     parameter site (data units, named dims), ``log_likelihood``, ``penalized_log_likelihood``, ``df``,
     ``n_nonzero`` (nonzero slopes), ``aic``, ``bic``, ``icl``, ``n_steps``, ``converged``;
-    ``best_index`` the position of the chosen level and ``criterion`` the criterion used.
+    ``best_index`` the position of the chosen level and ``criterion`` the criterion used;
+    ``lambda_max`` the smallest level at which every slope is zero (the path's start).
     """
 
     best: FitResult

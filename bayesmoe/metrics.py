@@ -101,7 +101,14 @@ def _cells(dist: jnp.ndarray) -> jnp.ndarray:
 
 
 def voronoi_cells(model, fitted: Mapping, true: Mapping) -> jnp.ndarray:
-    """The true atom whose Voronoi cell each fitted atom falls in, shape (K_fit,) (ties: lowest j)."""
+    r"""The true atom whose Voronoi cell each fitted atom falls in, shape (K_fit,) (ties: lowest j).
+
+    :math:`A_j = \{i : j = \arg\min_{j'} \sum_b \|\Delta\theta^b_{ij'}\|\}` (see the module docstring).
+
+    :param model: a :class:`~bayesmoe.MoE` whose families define Voronoi atoms.
+    :param fitted: the fitted params (site-name dict, K_fit experts).
+    :param true: the true params (site-name dict, K* experts).
+    """
     _check(model, fitted, true)
     _, fa, _ = _measure_raw(model, _gauged(model, model.regauge(dict(fitted)), model.regauge(dict(true))))
     _, ta, _ = _measure(model, true)
@@ -147,6 +154,8 @@ def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: s
 
     :param model: a :class:`~bayesmoe.MoE` whose families define Voronoi atoms (its ``n_experts`` is
         the fitted K; the true K is read from ``true_params``).
+    :param fitted_params: the fitted params (site-name dict, K experts).
+    :param true_params: the true params (site-name dict, K* experts).
     :param kind: ``"exact"`` (:math:`D_1`), ``"over"`` (:math:`D_2`) or ``"auto"``: exact when the
         fitted K equals the true K.
     :param rbar: :math:`\bar r(m)` for cells of m >= 4 atoms (a dict or a callable; 2 -> 4 and

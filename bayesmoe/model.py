@@ -39,13 +39,20 @@ Params = dict[str, Any]
 
 
 class Prediction(NamedTuple):
-    """What the model predicts at x.
+    r"""What the model predicts at x.
 
-    gate_probs (n, K); expert_mean (n, K) for experts that predict a mean (None otherwise);
-    expert_probs (n, K, C) for class-probability experts (None otherwise); mean (n,) the mixture
-    mean (None without expert means); class_probs (n, C) the mixture's class probabilities (None
-    without expert class probabilities); lower, upper (n,) the prediction interval from the
-    mixture's quantiles (None unless asked for, and for class-probability experts).
+    :ivar gate_probs: gate probabilities :math:`g_k(x_i)` (n, K).
+    :ivar expert_mean: expert means :math:`E_k[y \mid x_i]` (n, K) for experts that predict a mean
+        (None otherwise).
+    :ivar expert_probs: class probabilities of every expert (n, K, C) for class-probability experts
+        (None otherwise).
+    :ivar mean: the mixture mean :math:`\sum_k g_k(x_i) E_k[y \mid x_i]` (n,) (None without expert
+        means).
+    :ivar class_probs: the mixture's class probabilities (n, C) (None without expert class
+        probabilities).
+    :ivar lower: lower end (n,) of the prediction interval from the mixture's quantiles (None unless
+        asked for, and for class-probability experts).
+    :ivar upper: upper end (n,) of that interval.
     """
 
     gate_probs: jnp.ndarray
@@ -58,7 +65,11 @@ class Prediction(NamedTuple):
 
 
 class Simulation(NamedTuple):
-    """Simulated responses ``y`` (n,) and the expert ``z`` (n,) each was drawn from."""
+    """Simulated responses and their experts.
+
+    :ivar y: the simulated responses (n,).
+    :ivar z: the expert (0..K-1) each response was drawn from (n,).
+    """
 
     y: jnp.ndarray
     z: jnp.ndarray
@@ -244,7 +255,10 @@ class MoE:
         return d if self._expert_cols is None else len(self._expert_cols)
 
     def input_names(self, x: Any = None) -> list[str] | None:
-        """Names of the model's input columns: the design's (formula models), else the DataFrame's."""
+        """Names of the model's input columns: the design's (formula models), else the DataFrame's.
+
+        :param x: the inputs as the user gave them (a DataFrame's columns give the names), or None.
+        """
         if self.design is not None:
             return list(self.design.columns)
         return column_names(x) if x is not None else None
@@ -308,7 +322,11 @@ class MoE:
         return x, y
 
     def data_scale(self, x, y=None) -> DataScale:
-        """The data scales the default priors are stated in (see :mod:`bayesmoe.priors`)."""
+        """The data scales the default priors are stated in (see :mod:`bayesmoe.priors`).
+
+        :param x: inputs (n, d) (a DataFrame for formula models).
+        :param y: responses (n,), or None (unit scale for y).
+        """
         x, y = self._prepare(x, y)
         return DataScale(_priors.data_scale(self.gate.features(self.gate_x(x)), None),
                          _priors.data_scale(self.expert.features(self.expert_x(x)), y))
@@ -332,12 +350,20 @@ class MoE:
             numpyro.sample("y", fy if mask is None else fy.mask(mask), obs=y)
 
     def distribution(self, params: Params, x) -> MixtureOfExperts:
-        """The per-observation mixture p(y_i | x_i) as a :class:`MixtureOfExperts` (batch (n,))."""
+        """The per-observation mixture p(y_i | x_i) as a :class:`MixtureOfExperts` (batch (n,)).
+
+        :param params: parameters keyed by site name (:meth:`site_names`; e.g. ``fit.params``).
+        :param x: inputs (n, d), as an array.
+        """
         return MixtureOfExperts(self.gate.log_weights(params, self.gate_x(x)),
                                 self.expert.component(params, self.expert_x(x)))
 
     # ------------------------------------------------------------------ parameters (from the tables)
     def sizes(self, d: int) -> dict[str, int]:
+        r"""Values of both families' shape symbols (``K``, ``d``, ``p``, ``C``, ...).
+
+        :param d: number of inputs (columns of x; for formula models the design's columns).
+        """
         return {**self.gate.sizes(self.n_experts, self.gate_d(d)),
                 **self.expert.sizes(self.n_experts, self.expert_d(d))}
 
@@ -347,6 +373,11 @@ class MoE:
         finiteness, support) and return the table's sites (alternative forms converted).
 
         Raises ``ValueError`` naming ``name[site]`` with the expected and the received shape.
+
+        :param params: the params dict to check (site name -> array-like).
+        :param d: number of inputs (columns of x; for formula models the design's columns).
+        :param batch_ndim: number of leading batch axes allowed (e.g. 1 for S starts).
+        :param name: the argument name used in error messages.
         """
         if not isinstance(params, Mapping):
             raise ValueError(f"`{name}` must be a dict keyed by site name, got {type(params).__name__}")
@@ -364,13 +395,21 @@ class MoE:
 
     def free_params(self, params: Params) -> Params:
         """The sample-site values of full parameters (reference rows dropped, gauge applied): what
-        ``numpyro.infer.util.log_density`` and ``init_to_value`` take. Leading batch axes are kept."""
+        ``numpyro.infer.util.log_density`` and ``init_to_value`` take. Leading batch axes are kept.
+
+        :param params: full parameters keyed by site name; leading batch axes allowed.
+        """
         out = self.gate.to_free(self.gate.canonical(dict(params)))
         out.update(self.expert.to_free(self.expert.canonical(dict(params))))
         return out
 
     def full_params(self, free: Params, d: int) -> Params:
-        """Full parameters (with reference rows and derived sites) from sample-site values."""
+        """Full parameters (with reference rows and derived sites) from sample-site values.
+
+        :param free: sample-site values (``<name>_free`` for sites with a reference row); leading
+            batch axes allowed.
+        :param d: number of inputs (columns of x; for formula models the design's columns).
+        """
         out = self.gate.to_full(free, self.n_experts, self.gate_d(d))
         out.update(self.expert.to_full(free, self.n_experts, self.expert_d(d)))
         return out
@@ -417,7 +456,10 @@ class MoE:
         return ()
 
     def regauge(self, params: Params) -> Params:
-        """The same parameters in the reference gauge of both families."""
+        """The same parameters in the reference gauge of both families.
+
+        :param params: full parameters keyed by site name; leading batch axes allowed.
+        """
         return self.expert.regauge(self.gate.regauge(params))
 
     def reference_sites(self) -> dict[str, tuple[str, str]]:
@@ -432,7 +474,11 @@ class MoE:
         return {**self.gate.reference_dims(), **self.expert.reference_dims()}
 
     def param_dims(self, d: int, free: bool = False) -> dict[str, tuple[str, ...]]:
-        """Named dims of every site (for ArviZ); with ``free=True`` also the free sample sites."""
+        """Named dims of every site (for ArviZ); with ``free=True`` also the free sample sites.
+
+        :param d: number of inputs (columns of x; for formula models the design's columns).
+        :param free: also the dims of the free sample sites (``<name>_free``).
+        """
         dims = _renamed(self.gate.param_dims(self.gate_d(d), free), self._dim_names("gate"))
         dims.update(_renamed(self.expert.param_dims(self.expert_d(d), free), self._dim_names("expert")))
         return dims
@@ -469,12 +515,18 @@ class MoE:
         return {"feature": f"{role}_feature", "feature_bis": f"{role}_feature_bis"}
 
     def site_names(self, d: int) -> set[str]:
-        """Names of the full (user-facing) sites: the tables' sites and the derived ones."""
+        """Names of the full (user-facing) sites: the tables' sites and the derived ones.
+
+        :param d: number of inputs (columns of x; for formula models the design's columns).
+        """
         return set(self.param_dims(d))
 
     def coords(self, feature_names: list[str]) -> dict[str, list]:
         """ArviZ coords of every dim of the model's sites (and ``<dim>_free``: all but the last
-        entry, for the free parts of sites with a reference entry)."""
+        entry, for the free parts of sites with a reference entry).
+
+        :param feature_names: names of the input columns (length d), the ``feature`` coords.
+        """
         names = list(feature_names)
         out = {"expert": list(range(self.n_experts)), "feature": names}
         for role, fam, cols in (("gate", self.gate, self._gate_cols),
@@ -506,7 +558,11 @@ class MoE:
         return out
 
     def random_params(self, rng: np.random.Generator, d: int) -> Params:
-        """Random valid parameters of both families (numpy; for tests and demos)."""
+        """Random valid parameters of both families (numpy; for tests and demos).
+
+        :param rng: a ``numpy.random.Generator``.
+        :param d: number of inputs (columns of x; for formula models the design's columns).
+        """
         out = self.gate.random_params(rng, self.n_experts, self.gate_d(d))
         out.update(self.expert.random_params(rng, self.n_experts, self.expert_d(d)))
         return out
@@ -514,7 +570,12 @@ class MoE:
     # ------------------------------------------------------------------ pure helpers
     def log_joint_terms(self, params: Params, x, y) -> jnp.ndarray:
         r""":math:`\ell_{ik} = \log g_k(x_i) + \log p_k(y_i | x_i)` (with ``joint``, the gate term is
-        :math:`\log \pi_k + \log p_k(x_i)`), shape (n, K): the E-step's terms."""
+        :math:`\log \pi_k + \log p_k(x_i)`), shape (n, K): the E-step's terms.
+
+        :param params: parameters keyed by site name (:meth:`site_names`; e.g. ``fit.params``).
+        :param x: inputs (n, d), as an array.
+        :param y: responses (n,).
+        """
         return _math.log_joint_terms(self.gate.log_terms(params, self.gate_x(x), self.joint),
                                      self.expert.log_prob(params, self.expert_x(x), y))
 
@@ -537,7 +598,13 @@ class MoE:
 
     def responsibilities(self, params: Params, x=None, y=None, *, data=None) -> jnp.ndarray:
         """Posterior expert memberships :math:`P(z_i = k | x_i, y_i)`, shape (n, K) (arguments as in
-        :meth:`log_likelihood`)."""
+        :meth:`log_likelihood`).
+
+        :param params: parameters keyed by site name (:meth:`site_names`; e.g. ``fit.params``).
+        :param x: inputs (n, d) (a DataFrame for formula models).
+        :param y: responses (n,).
+        :param data: for formula models, a DataFrame in place of ``x`` and ``y``.
+        """
         x, y = _resolve(self, x, y, data)
         x, y = self._prepare(x, y)
         return jax.nn.softmax(self.log_joint_terms(params, x, y), axis=-1)
@@ -572,6 +639,8 @@ class MoE:
         """Draw y_i ~ p(y | x_i) and report the expert z_i each came from.
 
         :param seed: an int or a ``jax.random`` key.
+        :param params: parameters keyed by site name (:meth:`site_names`; e.g. ``fit.params``).
+        :param x: inputs (n, d) (a DataFrame for formula models).
         """
         key = as_key(seed, "seed")
         x, _ = self._prepare(x)
@@ -581,7 +650,12 @@ class MoE:
 
     def sample_x(self, seed, params: Params, n: int) -> jnp.ndarray:
         """Draw inputs from the gate's model of x (gates with ``models_x``, e.g. the GLLiM Gaussian
-        gate). ``seed``: an int or a ``jax.random`` key."""
+        gate). ``seed``: an int or a ``jax.random`` key.
+
+        :param seed: an int or a ``jax.random`` key.
+        :param params: parameters keyed by site name (:meth:`site_names`; e.g. ``fit.params``).
+        :param n: number of inputs to draw.
+        """
         if not self.gate.models_x:
             raise ValueError(f"`sample_x` needs a gate that models x (e.g. a Gaussian gate), got "
                              f"{self.gate!r}")
@@ -594,11 +668,24 @@ class MoE:
 
     # ------------------------------------------------------------------ EM
     def em_prepare(self, x, y) -> tuple:
-        """Data the families' M-steps compute once per EM run."""
+        """Data the families' M-steps compute once per EM run.
+
+        :param x: inputs (n, d), as an array.
+        :param y: responses (n,).
+        """
         return self.gate.em_prepare(self.gate_x(x), y), self.expert.em_prepare(self.expert_x(x), y)
 
     def em_update(self, params: Params, r, x, y, floors: Mapping, cache: tuple) -> Params:
-        """One M-step of both families given responsibilities r (n, K)."""
+        """One M-step of both families given responsibilities r (n, K).
+
+        :param params: the current full parameters keyed by site name.
+        :param r: responsibilities (n, K), :math:`r_{ik} = P(z_i = k \\mid x_i, y_i)` at the current
+            parameters (E-step).
+        :param x: inputs (n, d), as an array.
+        :param y: responses (n,).
+        :param floors: ``{site name: lower bound}`` of the floored scales.
+        :param cache: the pair returned by :meth:`em_prepare`.
+        """
         new = self.gate.em_update(params, r, self.gate_x(x), y, floors, cache[0], self.joint)
         return self.expert.em_update(new, r, self.expert_x(x), y, floors, cache[1], self.joint)
 
@@ -614,7 +701,12 @@ class MoE:
     @classmethod
     def from_spec(cls, spec: Mapping, priors: dict | None = None) -> MoE:
         """Rebuild a model from :meth:`spec`. An unknown family is a clear error (never a silent
-        default); a family defined by a user must be defined (imported) first."""
+        default); a family defined by a user must be defined (imported) first.
+
+        :param spec: the dict written by :meth:`spec` (e.g. the ``bayesmoe_model`` attribute of a
+            DataTree).
+        :param priors: the priors dict (priors are not part of the spec), or None for the defaults.
+        """
         if not isinstance(spec, Mapping):
             raise ValueError(f"`spec` must be a dict (MoE.spec()), got {type(spec).__name__}")
         for key in ("gate", "expert", "n_experts"):

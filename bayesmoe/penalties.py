@@ -139,9 +139,12 @@ class L1:
 
 
 class PenaltyWeights(NamedTuple):
-    """What the penalised EM needs (a pytree): per-coefficient levels ``{site: full-shape array}``
-    (:math:`\\lambda_f w`, in the units the fit runs in) and, for MAP fits, the data scale of the
-    priors (None: maximum likelihood)."""
+    """What the penalised EM needs (a pytree).
+
+    :ivar weights: per-coefficient levels ``{site: full-shape array}`` (:math:`\\lambda_f w`, in the
+        units the fit runs in).
+    :ivar data_scale: for MAP fits, the data scale of the priors (None: maximum likelihood).
+    """
 
     weights: dict
     data_scale: Any = None
@@ -149,7 +152,12 @@ class PenaltyWeights(NamedTuple):
 
 # ----------------------------------------------------------------------------- sites and levels
 def slope_sites(family, K: int, d: int) -> list[str]:
-    """The family's slope sites (tagged ``affine="coef"``) that have free entries."""
+    """The family's slope sites (tagged ``affine="coef"``) that have free entries.
+
+    :param family: a gate or expert family.
+    :param K: number of experts.
+    :param d: number of the family's inputs.
+    """
     sizes = family.sizes(K, d)
     return [p.name for p in family.param_table() if p.affine == "coef" and p.n_free(sizes) > 0]
 
@@ -176,6 +184,12 @@ def site_weights(penalty: L1, model, d: int, std=None) -> dict[str, np.ndarray]:
     Raises ``ValueError`` naming ``penalty`` when the model has no slope site, ``penalty.gate`` /
     ``penalty.expert`` when a positive level is asked of a family without slopes, and
     ``penalty.weights[site]`` for unknown sites or wrong shapes.
+
+    :param penalty: the :class:`L1` penalty.
+    :param model: the :class:`~bayesmoe.MoE`.
+    :param d: number of inputs (columns of x).
+    :param std: the fit's standardisation (locations and scales of x and y), or None for the
+        data's units.
     """
     if not isinstance(penalty, L1):
         raise ValueError(f"`penalty` must be a bayesmoe.penalties.L1, got {type(penalty).__name__}")
@@ -218,7 +232,12 @@ def site_weights(penalty: L1, model, d: int, std=None) -> dict[str, np.ndarray]:
 
 
 def penalty_value(params: Mapping, weights: Mapping) -> jnp.ndarray:
-    r""":math:`\sum_{\text{sites}} \sum_j \lambda w_j |\theta_j|` (per observation)."""
+    r""":math:`\sum_{\text{sites}} \sum_j \lambda w_j |\theta_j|` (per observation).
+
+    :param params: full parameters keyed by site name.
+    :param weights: per-coefficient levels :math:`\lambda_f w_j`, ``{site: full-shape array}``
+        (:func:`site_weights`).
+    """
     total = jnp.zeros(())
     for name, w in weights.items():
         total = total + jnp.sum(w * jnp.abs(params[name]))
@@ -228,7 +247,14 @@ def penalty_value(params: Mapping, weights: Mapping) -> jnp.ndarray:
 def objective_terms(model, params: Mapping, x, penalty: PenaltyWeights, n=None) -> jnp.ndarray:
     """What the penalised EM adds to the log-likelihood: minus n times the penalty, plus the log prior
     of both families for MAP fits (``penalty.data_scale`` given); ``n``: the number of real rows
-    (default: all rows of ``x``; padding rows are not counted)."""
+    (default: all rows of ``x``; padding rows are not counted).
+
+    :param model: the :class:`~bayesmoe.MoE`.
+    :param params: full parameters keyed by site name.
+    :param x: inputs (n, d).
+    :param penalty: the :class:`PenaltyWeights` of the fit.
+    :param n: number of real rows (None: all rows of ``x``).
+    """
     x = jnp.asarray(x)
     out = -(x.shape[0] if n is None else n) * penalty_value(params, penalty.weights)
     if penalty.data_scale is not None:
@@ -241,7 +267,13 @@ def objective_terms(model, params: Mapping, x, penalty: PenaltyWeights, n=None) 
 
 
 def n_zero_slopes(model, params: Mapping, weights: Mapping, d: int) -> int:
-    """Number of penalised slope entries (weight > 0: reference rows excluded) that are exactly zero."""
+    """Number of penalised slope entries (weight > 0: reference rows excluded) that are exactly zero.
+
+    :param model: the :class:`~bayesmoe.MoE`.
+    :param params: full parameters keyed by site name.
+    :param weights: per-coefficient levels ``{site: full-shape array}`` (:func:`site_weights`).
+    :param d: number of inputs (columns of x).
+    """
     zeros = 0
     for fam in model.families:
         for p in fam.param_table():
@@ -335,7 +367,18 @@ def em_update(model, params: Params, r, x, y, floors: Mapping, cache: tuple,
               penalty: PenaltyWeights) -> Params:
     """The penalised (generalised) M-step of both families (see the module docstring): families with
     penalised slopes -- every family for MAP fits -- take the proximal step, the others their usual
-    M-step (:meth:`Family.em_update`)."""
+    M-step (:meth:`Family.em_update`).
+
+    :param model: the :class:`~bayesmoe.MoE`.
+    :param params: the current full parameters keyed by site name.
+    :param r: responsibilities (n, K), :math:`r_{ik} = P(z_i = k \\mid x_i, y_i)` (E-step).
+    :param x: inputs (n, d).
+    :param y: responses (n,).
+    :param floors: ``{site name: lower bound}`` of the floored scales.
+    :param cache: the pair of the families' ``em_prepare`` results
+        (:meth:`bayesmoe.MoE.em_prepare`).
+    :param penalty: the :class:`PenaltyWeights` of the fit.
+    """
     scale = penalty.data_scale
     new = dict(params)
     for fam, sc, c, xf in ((model.gate, None if scale is None else scale.gate, cache[0], model.gate_x(x)),
@@ -354,7 +397,14 @@ def lambda_max(model, params: Mapping, x, y, weights: Mapping) -> float:
     r"""The smallest level at which ``params`` (all penalised slopes zero, the rest fitted) satisfies the
     optimality conditions of the penalised problem: :math:`\max_j |\partial \ell/\partial\theta_j| /
     (n\,w_j)` over the penalised slopes, with :math:`\ell` the log-likelihood and ``weights`` the
-    per-coefficient weights at level 1 (:func:`site_weights` of ``L1(1.0)``)."""
+    per-coefficient weights at level 1 (:func:`site_weights` of ``L1(1.0)``).
+
+    :param model: the :class:`~bayesmoe.MoE`.
+    :param params: parameters with every penalised slope zero and the other sites fitted.
+    :param x: inputs (n, d).
+    :param y: responses (n,).
+    :param weights: per-coefficient weights at level 1.
+    """
     x = jnp.asarray(x)
     n = x.shape[0]
     sites = list(weights)

@@ -333,8 +333,19 @@ def plot_gates(model: MoE, x: Any = None, *, data: Any = None, params: dict | No
     ``argmax_k g_k``, of the point estimate or, with ``idata`` only, of the posterior mean of
     :math:`g_k`), dotted contours where the winning gate probability is 0.9, and the data points.
 
-    Arguments as in :func:`plot_fit` (``data``: a DataFrame for formula models); ``x`` with more than
-    2 features raises ``ValueError``.
+    Arguments as in :func:`plot_fit`; ``x`` with more than 2 features raises ``ValueError``.
+
+    :param model: the :class:`bayesmoe.MoE`.
+    :param x: inputs (n,) or (n, d) with d = 1 or 2 (a DataFrame for formula models).
+    :param data: for formula models, a DataFrame in place of ``x``.
+    :param params: a point estimate (site-name dict, e.g. ``bm.fit_map(...).params``).
+    :param idata: posterior draws (``bm.sample``'s ``DataTree``) for the bands.
+    :param ax: matplotlib Axes to draw in (a new figure otherwise).
+    :param band: probability of the equal-tailed bands.
+    :param n_grid: grid points along each input axis.
+    :param n_draws: at most this many posterior draws are used (random subset, ``seed``; None: all).
+    :param seed: an int or a ``jax.random`` key choosing the subset of draws.
+    :param show_data: draw the data's x (a rug in 1-D, points in 2-D).
     """
     _check_common(model, params, idata, band, n_grid, n_draws)
     x, _ = resolve_data(model, x, None, data, need_y=False)

@@ -51,12 +51,18 @@ _SD_FLOOR = 1e-8
 
 
 class Scale(NamedTuple):
-    """Location and scale of the data, the unit every default prior is stated in."""
+    """Location and scale of the data, the unit every default prior is stated in.
 
-    mean: jnp.ndarray  # (p,) regressor means
-    sd: jnp.ndarray  # (p,) regressor standard deviations
-    y_mean: jnp.ndarray  # ()
-    y_sd: jnp.ndarray  # ()
+    :ivar mean: regressor means (p,).
+    :ivar sd: regressor standard deviations (p,), floored away from 0.
+    :ivar y_mean: mean of y (0 when y is not given).
+    :ivar y_sd: standard deviation of y (1 when y is not given), floored away from 0.
+    """
+
+    mean: jnp.ndarray
+    sd: jnp.ndarray
+    y_mean: jnp.ndarray
+    y_sd: jnp.ndarray
 
 
 def data_scale(features: jnp.ndarray, y: jnp.ndarray | None) -> Scale:
@@ -74,13 +80,25 @@ def data_scale(features: jnp.ndarray, y: jnp.ndarray | None) -> Scale:
 
 
 def intercept_inflation(scale: Scale) -> jnp.ndarray:
-    """sqrt(1 + sum_j mean_j^2 / sd_j^2): the intercept sd factor for uncentred regressors."""
+    r""":math:`\sqrt{1 + \sum_j m_j^2 / s_j^2}`: the intercept sd factor for uncentred regressors.
+
+    An intercept of the centred regression, :math:`a' = a + \sum_j b_j m_j`, with slopes of prior sd
+    proportional to :math:`1/s_j`, needs this factor on the intercept's prior sd.
+
+    :param scale: the data's :class:`Scale` (column means :math:`m_j` and sds :math:`s_j`).
+    """
     return jnp.sqrt(1.0 + jnp.sum((scale.mean / scale.sd) ** 2))
 
 
 def resolve(priors: dict | None, name: str, default: dist.Distribution,
             shape: tuple[int, ...]) -> dist.Distribution:
     """The user's prior for site ``name`` if given, else ``default``; broadcast to ``shape``.
+
+    :param priors: the user's ``priors`` dict (site name -> NumPyro distribution or
+        :class:`Horseshoe`), or None.
+    :param name: the site name.
+    :param default: the default prior of the site.
+    :param shape: the site's full shape (e.g. (K, d) for slopes).
 
     The distribution is expanded so that its batch + event shape equals ``shape``; the event
     dims of the result are declared with ``to_event`` so the site has a single log-density.
@@ -133,14 +151,29 @@ def laplace(scale: float, sites: tuple[str, ...] = SLOPE_SITES) -> dict:
 
 @dataclasses.dataclass(frozen=True)
 class Horseshoe:
-    """The regularised horseshoe on one slope site (see the module docstring); use :func:`horseshoe`."""
+    r"""The regularised horseshoe on one slope site (Piironen & Vehtari 2017, arXiv 1707.01694,
+    eq. 2.8); use :func:`horseshoe`.
+
+    :param global_scale: :math:`\tau_0`, scale of the half-Cauchy prior of the global shrinkage
+        :math:`\tau`.
+    :param slab_scale: :math:`s`, the slab scale bounding the largest slopes.
+    :param slab_df: :math:`\nu`, the slab's degrees of freedom (:math:`c^2 \sim
+        \mathrm{InvGamma}(\nu/2, \nu s^2/2)`).
+    """
 
     global_scale: float
     slab_scale: float = 2.0
     slab_df: float = 4.0
 
     def sample(self, site: str, shape: tuple[int, ...]):
-        """Declare the hierarchy's sample sites and return the slopes (a deterministic site)."""
+        r"""Declare the hierarchy's sample sites and return the slopes (a deterministic site).
+
+        :math:`\beta = z\,\tau\,\tilde\lambda` with :math:`z \sim N(0, 1)`,
+        :math:`\tilde\lambda^2 = c^2\lambda^2 / (c^2 + \tau^2\lambda^2)`, :math:`\lambda \sim C^+(0, 1)`.
+
+        :param site: the slope site's name (the hierarchy's sites are ``{site}_hs_*``).
+        :param shape: the slopes' shape, e.g. (K, d).
+        """
         tau = numpyro.sample(f"{site}_hs_tau", dist.HalfCauchy(self.global_scale))
         lam = numpyro.sample(f"{site}_hs_lambda", dist.HalfCauchy(jnp.ones(shape)).to_event(len(shape)))
         half = 0.5 * self.slab_df
@@ -168,7 +201,12 @@ def horseshoe(global_scale: float, *, slab_scale: float = 2.0, slab_df: float = 
 
 def draw(site: str, prior, shape: tuple[int, ...]):
     """Sample a site from a resolved prior: a NumPyro distribution, or a hierarchical prior
-    (:class:`Horseshoe`) that declares its own sites."""
+    (:class:`Horseshoe`) that declares its own sites.
+
+    :param site: the site name.
+    :param prior: the prior returned by :func:`resolve`.
+    :param shape: the site's shape (used by hierarchical priors).
+    """
     if isinstance(prior, Horseshoe):
         return prior.sample(site, shape)
     return numpyro.sample(site, prior)

@@ -1,6 +1,7 @@
 """The papers' true models, as ``(model, true_params)`` pairs ready for ``model.simulate``.
 
-Parameters are those of ``shared/papers.md``; Gaussian variances of the papers are converted to the
+Parameters are those of the papers' simulation sections (arXiv 2305.03288, 2305.07572, 2104.02640,
+cited at each function); Gaussian variances of the papers are converted to the
 standard deviations our sites use (``expert_scale``, ``gate_scale``).
 """
 
@@ -106,6 +107,12 @@ def simulate_dataset(key, model: MoE, params: dict, n: int,
     x: given, else drawn from a Gaussian gate's mixture (GLLiM generative model), else an error
     for softmax gates (their papers fix a design: pass it, e.g. ``softmax_gated_gaussian_x(n)``).
     ``key``: a ``jax.random`` key or an int seed.
+
+    :param key: a ``jax.random`` key or an int seed.
+    :param model: the true :class:`~bayesmoe.MoE`.
+    :param params: its true parameters keyed by site name.
+    :param n: number of observations.
+    :param x: the inputs (n, d), or None to draw them from the gate's model of x.
     """
     kx, ky = jax.random.split(as_key(key, "key"))
     if x is None:

@@ -140,23 +140,31 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
             tol: float | None = None, learning_rate: float = 0.02, jitter: float = 0.1,
             scale_floor: float = 1e-3, screen_size: int = 20_000, progress_bar: bool = False,
             prior: bool = True, devices: Any = None, penalty: L1 | None = None) -> FitResult:
-    """Maximum a posteriori estimate of ``model`` on (x, y), best of ``n_starts`` starts.
+    r"""Maximum a posteriori estimate of ``model`` on (x, y), best of ``n_starts`` starts.
 
     :param model: a :class:`bayesmoe.MoE` or any NumPyro model function ``model(x, y=None)``
         (random jittered starts and no named dims for the latter).
-    :param x: inputs (n, d) (a DataFrame for formula models); ``y``: responses (n,) (class labels
-        of any kind for class-label experts: learnt into the model's expert).
+    :param x: inputs (n, d) (a DataFrame for formula models).
+    :param y: responses (n,) (class labels of any kind for class-label experts: learnt into the
+        model's expert).
     :param data: for formula models (:meth:`bayesmoe.MoE.from_formula`), a DataFrame in place of
         ``x`` and ``y``.
-    :param method: ``"lbfgs"`` (default), ``"adam"`` or ``"em"``.
+    :param method: ``"lbfgs"`` (default), ``"adam"`` or ``"em"`` (the EM algorithm of Jordan &
+        Jacobs 1994, "Hierarchical mixtures of experts and the EM algorithm"; MoE models only).
     :param n_starts: number of starts, run together (vmap).
     :param seed: an int or a ``jax.random`` key: seed of the data-driven starts and their jitter.
     :param init: a params dict (site names) used as the first start; the others are jittered copies.
     :param max_steps: iteration cap (default 500 for lbfgs, 3000 for adam, 2000 for em).
     :param tol: relative change of the objective to stop at (default 1e-7 in float32, 1e-12 in x64).
+    :param learning_rate: step size of Adam (``method="adam"`` only), > 0.
+    :param jitter: sd of the Gaussian jitter (unconstrained space) added to the starts after the
+        first, >= 0.
     :param scale_floor: lower bound of every floored scale (expert / gate standard deviations),
         relative to the standard deviation of the variable it bounds (y, or each x column).
     :param screen_size: above ``2 * screen_size`` observations, starts are screened on a subsample.
+    :param progress_bar: show a progress bar over the iterations.
+    :param prior: maximise the log posterior :math:`\log p(y \mid x, \theta) + \log p(\theta)`
+        (True, MAP) or the log-likelihood alone (False, as :func:`fit_mle`).
     :param devices: None (one device, the default), a list of ``jax`` devices or a
         ``jax.sharding.Mesh``: the rows are sharded over them and the likelihood (or EM's sufficient
         statistics) is reduced across devices (see :mod:`bayesmoe.inference._sharding`); MoE models only.
@@ -362,9 +370,17 @@ def _feature_names(model: Any, x: Any) -> tuple[str, ...] | None:
 
 
 def fit_mle(model: MoE | Callable, x: Any = None, y: Any = None, **kwargs) -> FitResult:
-    """Maximum-likelihood estimate: :func:`fit_map` with the priors switched off.
+    r"""Maximum-likelihood estimate: :func:`fit_map` with the priors switched off.
 
+    Maximises :math:`\ell(\theta) = \sum_i \log \sum_k g_k(x_i; \theta)\, p_k(y_i \mid x_i; \theta)`.
     Same arguments and result type as :func:`fit_map`; ``log_posterior`` equals ``log_likelihood``.
+
+    :param model: a :class:`bayesmoe.MoE` or a NumPyro model function ``model(x, y=None)``.
+    :param x: inputs (n, d) (a DataFrame for formula models).
+    :param y: responses (n,).
+    :param kwargs: any keyword argument of :func:`fit_map` (``data``, ``method``, ``n_starts``,
+        ``seed``, ``init``, ``max_steps``, ``tol``, ``learning_rate``, ``jitter``, ``scale_floor``,
+        ``screen_size``, ``progress_bar``, ``devices``, ``penalty``) except ``prior``.
     Expert and gate standard deviations are bounded below by ``scale_floor`` times the data's sd
     (the likelihood of a mixture is unbounded as a variance goes to 0).
     """

@@ -83,21 +83,37 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
            posterior_predictive: bool = True, target_accept_prob: float = 0.8,
            dense_mass: bool | None = None, init_jitter: float = 0.05, n_starts: int = 8,
            max_tree_depth: int = 10, quiet: bool = False, devices: Any = None):
-    """Run NUTS on ``model`` given (x, y) and return an ArviZ ``DataTree``.
+    r"""Run NUTS on ``model`` given (x, y) and return an ArviZ ``DataTree``.
 
-    :param x: inputs (n, d) (a DataFrame for formula models); ``y``: responses (n,) (class labels of
-        any kind for class-label experts: learnt into the model's expert, the ``class`` coords).
+    The target is the posterior :math:`p(\theta \mid x, y) \propto p(\theta) \prod_i \sum_k
+    g_k(x_i; \theta)\, p_k(y_i \mid x_i; \theta)` (the mixture of experts of Jacobs, Jordan, Nowlan &
+    Hinton 1991), sampled by the No-U-Turn sampler (Hoffman & Gelman 2014, arXiv 1111.4246) of NumPyro.
+
+    :param model: a :class:`bayesmoe.MoE` or any NumPyro model function ``model(x, y=None)`` with an
+        observed site ``y`` (no named dims, no relabelling model for the latter).
+    :param x: inputs (n, d) (a DataFrame for formula models).
+    :param y: responses (n,) (class labels of any kind for class-label experts: learnt into the
+        model's expert, the ``class`` coords).
     :param data: for formula models (:meth:`bayesmoe.MoE.from_formula`), a DataFrame in place of
         ``x`` and ``y``. The observed site and its DataTree variables are named ``y`` whatever the
         response's name (so ``az.loo`` and code written for any model work); the formula's response
         name is in the root attr ``bayesmoe_response``. Class labels are stored as their codes in
         ``y`` (numbers, as ArviZ's checks need) and the labels are the ``class`` coords.
 
+    :param num_chains: number of Markov chains, >= 1.
+    :param num_warmup: warm-up (adaptation) iterations per chain, discarded; >= 1.
+    :param num_samples: draws kept per chain, >= 1 (the ``draw`` dim).
+    :param seed: an int or a ``jax.random`` key: seed of the MAP start, the init jitter and the
+        chains. Same seed, same draws.
     :param init: ``"map"`` (multi-start MAP, then chains near it), ``"random"`` (NumPyro's uniform
-        init in (-2, 2) unconstrained) or a params dict (site names of DESIGN.md).
+        init in (-2, 2) unconstrained) or a params dict keyed by the model's site names
+        (:meth:`bayesmoe.MoE.site_names`, as in ``fit_map(...).params``).
     :param chain_method: ``"parallel"`` (default when JAX has ``num_chains`` devices),
         ``"vectorized"`` (default otherwise) or ``"sequential"``.
+    :param progress_bar: show NumPyro's progress bar while sampling.
     :param relabel: apply :func:`bayesmoe.relabel` (ECR) to undo label switching across draws.
+    :param posterior_predictive: add the ``posterior_predictive`` group (one replicated ``y`` per
+        draw, :math:`y^{rep}_i \sim p(y \mid x_i, \theta^{(s)})`) for ``az.plot_ppc_*``.
     :param dense_mass: dense mass matrix (default: True when the model has <= 100 parameters).
     :param target_accept_prob: NUTS's target acceptance probability, in (0, 1); raise it (e.g. 0.95)
         when there are divergences.

@@ -20,8 +20,12 @@ class FitWarning(UserWarning):
 
 
 class FitData(NamedTuple):
-    """The data a fit was computed from (in the data's units): ``x`` (n, d), ``y`` (n,) and the
-    labels of the feature dim (``None``: ``x0, x1, ...``)."""
+    """The data a fit was computed from (in the data's units).
+
+    :ivar x: inputs (n, d).
+    :ivar y: responses (n,).
+    :ivar feature_names: labels of the feature dim (``None``: ``x0, x1, ...``).
+    """
 
     x: np.ndarray
     y: np.ndarray
@@ -30,12 +34,33 @@ class FitData(NamedTuple):
 
 @dataclass(frozen=True)
 class FitResult:
-    """Point estimate of a MoE (or any NumPyro model) and its information criteria.
+    r"""Point estimate of a MoE (or any NumPyro model) and its information criteria.
 
     ``params`` are keyed by site name (``gate_coef``, ``expert_scale``, ...; full rows, reference rows
     included) and hold numpy arrays. Criteria are on the deviance scale (smaller is better):
     ``aic = -2 ll + 2 k``, ``bic = -2 ll + k log n``, ``icl = bic - 2 sum_i sum_k t_ik log t_ik`` with
     ``t_ik`` the posterior expert memberships at the estimate (Biernacki, Celeux & Govaert 2000).
+
+    :ivar params: the estimate, ``{site name: numpy array}`` (full shapes, e.g. (K, d) slopes).
+    :ivar log_likelihood: :math:`\ell(\hat\theta) = \sum_i \log p(y_i \mid x_i; \hat\theta)` at the
+        estimate (plus :math:`\log p(x_i)` for gates that model x).
+    :ivar log_posterior: the maximised objective: log-likelihood plus log prior (MAP), or the
+        log-likelihood (MLE).
+    :ivar n_params: k, the number of free parameters (nonzero slopes only for penalised fits).
+    :ivar n_obs: n, the number of observations.
+    :ivar aic: Akaike's criterion, :math:`-2\ell + 2k`.
+    :ivar bic: Schwarz's criterion, :math:`-2\ell + k \log n`.
+    :ivar icl: the integrated completed likelihood criterion, BIC plus twice the entropy of the
+        memberships.
+    :ivar converged: whether the best start met the stopping rule before ``max_steps``.
+    :ivar n_steps: iterations run by the best start.
+    :ivar start_log_likelihoods: the final log-likelihood of every start (S,).
+    :ivar method: ``"lbfgs"``, ``"adam"`` or ``"em"``.
+    :ivar prior: True for a MAP fit, False for an MLE.
+    :ivar extra: method-specific details (e.g. ``lambda`` of a penalised fit).
+    :ivar warnings: what makes the answer doubtful (also issued as :class:`~bayesmoe.FitWarning`).
+    :ivar model: the fitted model (for :meth:`predict`, :meth:`summary`, saving).
+    :ivar data: the training data (:class:`FitData`), used by :meth:`summary` and :meth:`memberships`.
     """
 
     params: dict[str, np.ndarray]

@@ -31,7 +31,13 @@ def get_activation(name: str) -> Callable[[Array], Array]:
 
 
 class ExpertWeights(NamedTuple):
-    """Stacked expert weights: w_in (E, d, F), b_in (E, F), w_out (E, F, d), b_out (E, d)."""
+    """Stacked expert weights of E two-layer FFNs d -> F -> d.
+
+    :ivar w_in: input weights (E, d, F).
+    :ivar b_in: input biases (E, F).
+    :ivar w_out: output weights (E, F, d).
+    :ivar b_out: output biases (E, d).
+    """
 
     w_in: Array
     b_in: Array
@@ -51,6 +57,13 @@ class Experts(nnx.Module):
     Weights ``W_in, W_out ~ N(0, init_std^2)`` with ``init_std = 0.02`` (the HyperRouter /
     SMoE-Dropout Transformer-XL code initialises every linear weight so), biases 0;
     ``init_std=None`` gives LeCun-normal (N(0, 1/fan_in)), the previous default.
+
+    :param d_model: token dimension d.
+    :param d_ff: hidden width F of each expert.
+    :param n_experts: number of experts E.
+    :param init_std: std of the weights (None: LeCun normal).
+    :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
+        stream).
     """
 
     def __init__(self, d_model: int, d_ff: int, n_experts: int, *,
@@ -65,6 +78,10 @@ class Experts(nnx.Module):
         self.b_out = nnx.Param(jnp.zeros((n_experts, d_model)))
 
     def weights(self, dtype=None) -> ExpertWeights:
+        r"""The stacked weights as an :class:`ExpertWeights`.
+
+        :param dtype: cast the weights to this dtype (None: as stored).
+        """
         ws = (self.w_in[...], self.b_in[...], self.w_out[...], self.b_out[...])
         if dtype is not None:
             ws = tuple(a.astype(dtype) for a in ws)
@@ -72,7 +89,14 @@ class Experts(nnx.Module):
 
 
 class DenseFFN(nnx.Module):
-    """Plain FFN d -> F -> d, the equal-active-parameter baseline (F = d_ff * k)."""
+    """Plain FFN d -> F -> d, the equal-active-parameter baseline (F = d_ff * k).
+
+    :param d_model: token dimension d.
+    :param d_ff: hidden width F.
+    :param activation: name of the activation (``"relu"``, ``"gelu"``, ...).
+    :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
+        stream).
+    """
 
     def __init__(self, d_model: int, d_ff: int, activation: str = "relu", *, rngs: nnx.Rngs):
         self.act = get_activation(activation)

@@ -60,40 +60,42 @@ def check_top_k(top_k: int, n_experts: int) -> int:
 class SparseMoE(nnx.Module):
     """Top-k sparse mixture-of-experts FFN with a pluggable router.
 
-    Args:
-        d_model: token dimension d.
-        d_ff: hidden width F of each expert.
-        n_experts: number of experts E.
-        top_k: default number of experts per token (override per call).
-        router: "linear" (SMoE), "random" (SMoE-Dropout), "hyper" (HyperRouter) or a
-            :class:`~bayesmoe.nn.routers.Router` instance.
-        activation: "relu", "gelu" or "silu".
-        impl: "dense" (reference), "sorted" (dropless grouped matmul: blocked gather on
-            CPU, ``ragged_dot`` on GPU/TPU) or "capacity" (drops overflow copies).
-        kernel: "auto" (by backend, :func:`default_kernel`) or force one: "blocked" /
-            "ragged" for impl "sorted", "gather" / "einsum" for "capacity". E.g.
-            ``kernel="ragged"`` runs the accelerator code path on CPU.
-        capacity_factor: for impl "capacity", ``C = ceil(cf T k / E)``.
-        block_size: row block of the CPU "sorted" path.
-        balance_weight, z_weight: weights of the Switch balancing loss and the
-            router z-loss in ``aux.loss`` (both 0 in the HyperRouter recipe).
-        router_kwargs: extra arguments for a router built by name (e.g.
-            ``{"hyper_hidden": 128, "init_std": 0.04}`` for "hyper"); they override
-            ``router_init_std``.
-        router_init_std: std of the router weights (SMoE, SMoE-Dropout) or of the frozen
-            hypernetwork weights (HyperRouter); 0.02 for all, as the authors. None: the
-            previous inits (LeCun N(0, 1/d) for linear/random routers, 0.02 for hyper).
-        expert_init_std: std of the expert weights (0.02 as the authors; None: LeCun).
-        parallel: with a mesh set (``jax.sharding.set_mesh``) whose "data" / "expert"
-            axes have more than one device, run the dispatch in ``jax.shard_map``: each
-            device routes and dispatches only its own tokens (capacity per device) and,
-            with an "expert" axis, exchanges token copies with ``all_to_all`` so that it
-            runs only its E / n_expert experts. False: leave the partitioning to GSPMD
-            (every device then repeats the routing of the global token set).
-        expert_dropout: dropout rate on each expert's hidden activation (0.1 as the
-            authors: ``f_e(x) = Drop(act(x W_in + b_in)) W_out + b_out``). Active in
-            training mode only (``layer.eval()`` turns it off, ``layer.train()`` on), with
-            the dropout stream of ``rngs`` given at construction or an ``rngs`` call argument.
+    :param d_model: token dimension d.
+    :param d_ff: hidden width F of each expert.
+    :param n_experts: number of experts E.
+    :param top_k: default number of experts per token (override per call).
+    :param router: "linear" (SMoE), "random" (SMoE-Dropout), "hyper" (HyperRouter) or a
+        :class:`~bayesmoe.nn.routers.Router` instance.
+    :param activation: "relu", "gelu" or "silu".
+    :param impl: "dense" (reference), "sorted" (dropless grouped matmul: blocked gather on
+        CPU, ``ragged_dot`` on GPU/TPU) or "capacity" (drops overflow copies).
+    :param kernel: "auto" (by backend, :func:`default_kernel`) or force one: "blocked" /
+        "ragged" for impl "sorted", "gather" / "einsum" for "capacity". E.g.
+        ``kernel="ragged"`` runs the accelerator code path on CPU.
+    :param capacity_factor: for impl "capacity", ``C = ceil(cf T k / E)``.
+    :param block_size: row block of the CPU "sorted" path.
+    :param balance_weight: weight of the Switch balancing loss in ``aux.loss`` (0 in the
+        HyperRouter recipe).
+    :param z_weight: weight of the router z-loss in ``aux.loss`` (0 in the HyperRouter recipe).
+    :param router_kwargs: extra arguments for a router built by name (e.g.
+        ``{"hyper_hidden": 128, "init_std": 0.04}`` for "hyper"); they override
+        ``router_init_std``.
+    :param router_init_std: std of the router weights (SMoE, SMoE-Dropout) or of the frozen
+        hypernetwork weights (HyperRouter); 0.02 for all, as the authors. None: the
+        previous inits (LeCun N(0, 1/d) for linear/random routers, 0.02 for hyper).
+    :param expert_init_std: std of the expert weights (0.02 as the authors; None: LeCun).
+    :param parallel: with a mesh set (``jax.sharding.set_mesh``) whose "data" / "expert"
+        axes have more than one device, run the dispatch in ``jax.shard_map``: each
+        device routes and dispatches only its own tokens (capacity per device) and,
+        with an "expert" axis, exchanges token copies with ``all_to_all`` so that it
+        runs only its E / n_expert experts. False: leave the partitioning to GSPMD
+        (every device then repeats the routing of the global token set).
+    :param expert_dropout: dropout rate on each expert's hidden activation (0.1 as the
+        authors: ``f_e(x) = Drop(act(x W_in + b_in)) W_out + b_out``). Active in
+        training mode only (``layer.eval()`` turns it off, ``layer.train()`` on), with
+        the dropout stream of ``rngs`` given at construction or an ``rngs`` call argument.
+    :param rngs: the ``flax.nnx.Rngs`` the router and expert weights are initialised from (its
+        ``params`` stream; its ``dropout`` stream for expert dropout).
     """
 
     def __init__(
@@ -181,7 +183,15 @@ class SparseMoE(nnx.Module):
         return act_drop
 
     def local_dispatch(self, x: Array, gates: Array, idx: Array, w, k: int, act):
-        """Dispatch of the tokens of one device (or of all tokens on one device)."""
+        """Dispatch of the tokens of one device (or of all tokens on one device).
+
+        :param x: tokens (T, d).
+        :param gates: the combination weights (T, k) of the chosen experts.
+        :param idx: the chosen experts (T, k).
+        :param w: the experts' :class:`ExpertWeights`.
+        :param k: number of active experts per token.
+        :param act: the activation function.
+        """
         kernel = self._kernel()
         if self.impl == "dense":
             return dispatch.dense_dispatch(x, gates, idx, w, act)

@@ -23,16 +23,15 @@ Array = jax.Array
 class MoEAux(NamedTuple):
     """Auxiliary outputs of a SparseMoE layer (a pytree).
 
-    Attributes:
-        loss: weighted auxiliary loss to add to the task loss
-            (``balance_weight * balance_loss + z_weight * z_loss``; 0 by default).
-        balance_loss: Switch load-balancing loss ``E sum_e f_e P_e``.
-        z_loss: router z-loss ``mean(logsumexp(logits)^2)``.
-        entropy: mean router entropy (nats).
-        load: per-expert fraction of token copies ``f_e`` (E,), sums to 1.
-        dropped: fraction of token copies dropped by the capacity limit.
-        layer_entropy: router entropy per layer (L,) after :func:`merge_aux`; for one
-            layer, the same as ``entropy`` with shape (1,).
+    :ivar loss: weighted auxiliary loss to add to the task loss
+        (``balance_weight * balance_loss + z_weight * z_loss``; 0 by default).
+    :ivar balance_loss: Switch load-balancing loss ``E sum_e f_e P_e``.
+    :ivar z_loss: router z-loss ``mean(logsumexp(logits)^2)``.
+    :ivar entropy: mean router entropy (nats).
+    :ivar load: per-expert fraction of token copies ``f_e`` (E,), sums to 1.
+    :ivar dropped: fraction of token copies dropped by the capacity limit.
+    :ivar layer_entropy: router entropy per layer (L,) after :func:`merge_aux`; for one
+        layer, the same as ``entropy`` with shape (1,).
     """
 
     loss: Array
@@ -47,7 +46,12 @@ class MoEAux(NamedTuple):
 def router_stats(
     logits: Array, expert_idx: Array, n_experts: int
 ) -> tuple[Array, Array, Array, Array]:
-    """Return (balance_loss, z_loss, entropy, load) for logits (T, E), indices (T, k)."""
+    """Return (balance_loss, z_loss, entropy, load) for logits (T, E), indices (T, k).
+
+    :param logits: router logits (T, E) of T tokens.
+    :param expert_idx: the chosen experts (T, k).
+    :param n_experts: E, the number of experts.
+    """
     logits = logits.astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
     probs = jnp.exp(logp)
@@ -60,7 +64,10 @@ def router_stats(
 
 
 def merge_aux(auxes: Sequence[MoEAux]) -> MoEAux:
-    """Combine the aux outputs of several layers: losses summed, statistics averaged."""
+    """Combine the aux outputs of several layers: losses summed, statistics averaged.
+
+    :param auxes: the :class:`MoEAux` of each MoE layer.
+    """
     if not auxes:
         z = jnp.zeros(())
         return MoEAux(z, z, z, z, jnp.zeros((0,)), z, jnp.zeros((0,)))

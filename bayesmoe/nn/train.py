@@ -32,7 +32,32 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Settings of :func:`train` (see the module docstring for the recipe)."""
+    """Settings of :func:`train` (see the module docstring for the recipe).
+
+    :ivar steps: total optimisation steps S (also the length of the cosine decay and of
+        the k schedule).
+    :ivar batch_size: sequences per batch.
+    :ivar seq_len: tokens per training sequence (windows sampled at random from the
+        data).
+    :ivar learning_rate: peak Adam learning rate (2.5e-4 in the recipe).
+    :ivar warmup_steps: linear warm-up steps before the cosine decay (0: none).
+    :ivar clip_norm: global-norm gradient clipping threshold (0.25 in the recipe).
+    :ivar k_min: number of active experts at the start of the k schedule (None: the
+        model's own ``top_k`` throughout).
+    :ivar k_max: number of active experts at the end of the k schedule (None:
+        ``k_min``).
+    :ivar seed: seed of the batch sampling (same seed, same batches).
+    :ivar log_every: steps between entries of the metrics history.
+    :ivar checkpoint_dir: directory of the orbax checkpoints (None: no checkpoints; a
+        run resumes from the latest one found there).
+    :ivar checkpoint_every: steps between checkpoints (0: none, only with
+        ``checkpoint_dir``).
+    :ivar progress: show a tqdm progress bar.
+    :ivar metrics_path: a JSON file the final result (history and validation BPC) is
+        written to, or None.
+    :ivar stop_at: end this call early at this step (for chunked or preempted jobs;
+        resume later from the checkpoint), or None.
+    """
 
     steps: int = 1000
     batch_size: int = 16
@@ -53,7 +78,13 @@ class TrainConfig:
 
 def k_schedule(step: int, total_steps: int, k_min: int, k_max: int) -> int:
     """Linear k schedule (SMoE-Dropout): ``k_min + floor((k_max - k_min + 1) s / S)``,
-    capped at ``k_max``; each of the ``k_max - k_min + 1`` values gets an equal share."""
+    capped at ``k_max``; each of the ``k_max - k_min + 1`` values gets an equal share.
+
+    :param step: the current step s (0-based).
+    :param total_steps: the total number of steps S.
+    :param k_min: k at the start.
+    :param k_max: k at the end (>= ``k_min``).
+    """
     if not 1 <= k_min <= k_max:
         raise ValueError(f"k_min, k_max must satisfy 1 <= k_min <= k_max, got {k_min}, {k_max}")
     frac = min(max(step, 0), total_steps) / max(total_steps, 1)
@@ -82,7 +113,12 @@ def _transform(lr: float, warmup: int, steps: int, clip: float) -> optax.Gradien
 
 
 def make_optimizer(model: nnx.Module, config: TrainConfig) -> nnx.Optimizer:
-    """``clip_by_global_norm`` then Adam with (warmup +) cosine decay, on ``nnx.Param`` only."""
+    """``clip_by_global_norm`` then Adam with (warmup +) cosine decay, on ``nnx.Param`` only.
+
+    :param model: the ``nnx.Module`` to optimise.
+    :param config: the :class:`TrainConfig` (``learning_rate``, ``warmup_steps``,
+        ``steps``, ``clip_norm``).
+    """
     tx = _transform(float(config.learning_rate), int(config.warmup_steps), int(config.steps),
                     float(config.clip_norm))
     return nnx.Optimizer(model, tx, wrt=nnx.Param)
@@ -123,7 +159,15 @@ def evaluate_bpc(
     """Bits per character of ``data`` at each k: ``sum nll / (n ln 2)`` over
     non-overlapping windows (each window's context starts fresh).  Also the mean router
     entropy, over layers and per layer.  Returns ``{"bpc": {k: .}, "entropy": {k: .},
-    "layer_entropy": {k: [.]}, "tokens": n}``."""
+    "layer_entropy": {k: [.]}, "tokens": n}``.
+
+    :param model: the :class:`TransformerLM`.
+    :param data: the token ids (1-D integer array).
+    :param ks: the numbers of active experts to evaluate at.
+    :param seq_len: window length.
+    :param batch_size: windows per evaluation batch.
+    :param max_tokens: score at most this many tokens (None: all).
+    """
     model.eval()
     win = eval_windows(np.asarray(data), seq_len, max_tokens)
     n_win = len(win)
@@ -163,7 +207,14 @@ def _checkpoint_manager(directory: str | Path):
 
 
 def save_checkpoint(directory: str | Path, step: int, model, optimizer, history: list) -> None:
-    """Save model + optimizer state at ``step`` (orbax) and the history so far (JSON)."""
+    """Save model + optimizer state at ``step`` (orbax) and the history so far (JSON).
+
+    :param directory: the checkpoint directory.
+    :param step: the step number of this checkpoint.
+    :param model: the model whose state is saved.
+    :param optimizer: the ``nnx.Optimizer`` whose state is saved.
+    :param history: the metrics history so far (written as ``history.json``).
+    """
     import orbax.checkpoint as ocp
 
     with _checkpoint_manager(directory) as mngr:
@@ -173,7 +224,12 @@ def save_checkpoint(directory: str | Path, step: int, model, optimizer, history:
 
 
 def restore_checkpoint(directory: str | Path, model, optimizer) -> tuple[int, list]:
-    """Restore the latest checkpoint in place; returns (step, history), (0, []) if none."""
+    """Restore the latest checkpoint in place; returns (step, history), (0, []) if none.
+
+    :param directory: the checkpoint directory.
+    :param model: the model, updated in place.
+    :param optimizer: the ``nnx.Optimizer``, updated in place.
+    """
     import orbax.checkpoint as ocp
 
     if not Path(directory).exists():
@@ -235,6 +291,14 @@ def train(
     (data-parallel step; experts sharded over "expert").
 
     Returns ``{"history": [per-log-step metrics], "step": final step, "valid": ...}``.
+
+    :param model: the :class:`TransformerLM`, trained in place.
+    :param train_data: the training token ids (1-D integer array).
+    :param config: the :class:`TrainConfig`.
+    :param valid_data: validation token ids: their BPC at ``k_max`` is computed at the
+        end (None: skipped).
+    :param mesh: a ``jax.sharding.Mesh`` for data/expert parallelism, or None (one
+        device).
     """
     from bayesmoe.nn.sharding import shard_model
 

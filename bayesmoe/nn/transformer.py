@@ -47,15 +47,24 @@ class Block(nnx.Module):
 class TransformerLM(nnx.Module):
     """Decoder-only LM: tokens (B, S) -> logits (B, S, vocab) and merged MoEAux.
 
-    Args:
-        vocab_size, d_model, n_heads, n_layers, max_len: the usual.
-        d_ff: hidden width of each expert (and of dense FFN layers).
-        n_experts, top_k, router, impl, activation: passed to every SparseMoE.
-        moe_layers: indices of the layers with a SparseMoE FFN (default: all).
-        dropout: dropout rate on attention weights and residual branches, and (unless
-            ``moe_kwargs`` sets ``expert_dropout``) inside the experts, as the authors.
-        moe_kwargs: extra keyword arguments for SparseMoE (e.g. balance_weight,
-            router_init_std, expert_init_std, expert_dropout, kernel).
+    :param vocab_size: number of token ids.
+    :param d_model: token dimension d.
+    :param n_heads: attention heads (must divide ``d_model``).
+    :param n_layers: number of transformer blocks.
+    :param max_len: longest sequence (learnt position embeddings).
+    :param d_ff: hidden width of each expert (and of dense FFN layers).
+    :param n_experts: number of experts E of every SparseMoE layer.
+    :param top_k: default number of active experts per token.
+    :param router: ``"linear"``, ``"random"``, ``"hyper"`` (see :class:`SparseMoE`).
+    :param impl: dispatch implementation (see :class:`SparseMoE`).
+    :param activation: expert activation (see :class:`SparseMoE`).
+    :param moe_layers: indices of the layers with a SparseMoE FFN (default: all).
+    :param dropout: dropout rate on attention weights and residual branches, and (unless
+        ``moe_kwargs`` sets ``expert_dropout``) inside the experts, as the authors.
+    :param moe_kwargs: extra keyword arguments for SparseMoE (e.g. balance_weight,
+        router_init_std, expert_init_std, expert_dropout, kernel).
+    :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
+        stream, and its ``dropout`` stream for dropout).
     """
 
     def __init__(

@@ -44,8 +44,12 @@ Array = jax.Array
 
 
 class XLMemory(NamedTuple):
-    """Per-layer cached inputs ``states[l]`` (B, M, d) and ``length``: how many of the M
-    trailing positions hold real states (the rest are masked out)."""
+    """The cached states of a Transformer-XL.
+
+    :ivar states: per-layer cached inputs, ``states[l]`` of shape (B, M, d).
+    :ivar length: how many of the M trailing positions hold real states (the rest are masked
+        out).
+    """
 
     states: tuple[Array, ...]
     length: Array
@@ -125,18 +129,26 @@ class TransformerXL(nnx.Module):
 
     ``model(tokens, memory)`` -> ``(logits (B, S, V) float32, new memory, MoEAux)``.
 
-    Args:
-        vocab_size: number of token ids.
-        d_model, n_heads, d_head, n_layers: widths (reference enwik8 MoE runs: 256, 8, 64,
-            4); ``d_head`` defaults to ``d_model // n_heads``.
-        d_ff: hidden width of each expert (512 in the reference).
-        n_experts, top_k, router, impl, activation: passed to every SparseMoE.
-        mem_len: length of the cached memory per layer (512 in the reference).
-        dropout: on embeddings, R, residual branches, before the output and (unless
-            ``moe_kwargs`` says otherwise) inside the experts; dropatt: on attention weights.
-        init_std: std of every weight matrix, the routers' included (0.02).
-        compute_dtype: None (float32) or e.g. ``jnp.bfloat16`` for attention and experts.
-        moe_kwargs: extra SparseMoE arguments (router_kwargs, expert_init_std, kernel, ...).
+    :param vocab_size: number of token ids.
+    :param d_model: token dimension d (256 in the reference enwik8 MoE runs).
+    :param n_heads: attention heads (8 in the reference).
+    :param d_head: width of each head (64 in the reference; default ``d_model // n_heads``).
+    :param n_layers: number of layers (4 in the reference).
+    :param d_ff: hidden width of each expert (512 in the reference).
+    :param n_experts: number of experts E of every SparseMoE layer.
+    :param top_k: default number of active experts per token.
+    :param router: ``"linear"``, ``"random"``, ``"hyper"`` (see :class:`SparseMoE`).
+    :param impl: dispatch implementation (see :class:`SparseMoE`).
+    :param activation: expert activation (see :class:`SparseMoE`).
+    :param mem_len: length of the cached memory per layer (512 in the reference).
+    :param dropout: dropout rate on embeddings, R, residual branches, before the output and
+        (unless ``moe_kwargs`` says otherwise) inside the experts.
+    :param dropatt: dropout rate on attention weights.
+    :param init_std: std of every weight matrix, the routers' included (0.02).
+    :param compute_dtype: None (float32) or e.g. ``jnp.bfloat16`` for attention and experts.
+    :param moe_kwargs: extra SparseMoE arguments (router_kwargs, expert_init_std, kernel, ...).
+    :param rngs: the ``flax.nnx.Rngs`` the weights are initialised from (its ``params``
+        stream, and its ``dropout`` stream for dropout).
     """
 
     def __init__(
@@ -196,7 +208,11 @@ class TransformerXL(nnx.Module):
         return [b.ffn for b in self.blocks]
 
     def init_memory(self, batch_size: int, mem_len: int | None = None) -> XLMemory:
-        """An empty memory (all positions invalid) of ``mem_len`` (default: the model's)."""
+        """An empty memory (all positions invalid) of ``mem_len`` (default: the model's).
+
+        :param batch_size: B, the number of streams.
+        :param mem_len: memory length M (None: the model's ``mem_len``).
+        """
         m = self.mem_len if mem_len is None else int(mem_len)
         zeros = jnp.zeros((batch_size, m, self.d_model), self.dtype)
         return XLMemory(tuple(zeros for _ in range(self.n_layers)), jnp.zeros((), jnp.int32))
@@ -292,7 +308,16 @@ def evaluate_xl_bpc(model: TransformerXL, data: np.ndarray, ks, *, tgt_len: int 
     streams scored in segments of ``tgt_len`` (the reference's ``eval_tgt_len``), each
     with the cached states of the previous ``mem_len`` positions (default: the model's
     ``mem_len``). Returns ``{"bpc": {k: .}, "entropy": {k: .}, "layer_entropy": {k: [.]},
-    "tokens": n}``: mean router entropy (nats) over layers and per layer."""
+    "tokens": n}``: mean router entropy (nats) over layers and per layer.
+
+    :param model: the :class:`TransformerXL`.
+    :param data: the token ids (1-D integer array).
+    :param ks: the numbers of active experts to evaluate at.
+    :param tgt_len: segment length.
+    :param mem_len: memory length (None: the model's).
+    :param batch_size: number of ordered streams.
+    :param max_tokens: score at most this many tokens (None: all).
+    """
     streams = segment_streams(np.asarray(data), batch_size)
     if max_tokens is not None:
         streams = streams[:, : max(2, max_tokens // batch_size + 1)]

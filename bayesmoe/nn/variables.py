@@ -14,4 +14,9 @@ from flax import nnx
 
 
 class Frozen(nnx.Variable):
-    """A non-trainable weight (fixed at initialisation)."""
+    """A non-trainable weight (fixed at initialisation).
+
+    Constructed as ``flax.nnx.Variable``: ``Frozen(value)`` with ``value`` the fixed array; the
+    keyword options ``hijax``, ``ref``, ``eager_sharding`` and ``metadata`` are flax's, passed
+    through unchanged.
+    """
