@@ -39,7 +39,7 @@ PYTEST_WORKERS ?= 2
 test: venv
 	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks docs
 	MPLBACKEND=Agg $(PY) -m pytest -q tests/nn
-	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile tests --ignore=tests/nn
+	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests --ignore=tests/nn
 
 # The quick subset (< 3 min): everything but the tests marked slow.
 test-fast: venv

@@ -16,7 +16,7 @@ import pytest
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"
 PAGES = ["index.md", "models.md", "theory.md", "formulas.md", "point_fits.md", "inference.md",
-         "performance.md", "selection.md", "hyperrouter.md"]
+         "performance.md", "selection.md", "hyperrouter.md", "lasso.md"]
 
 _BLOCK = re.compile(r"^```python[ \t]*\n(.*?)^```[ \t]*$", re.MULTILINE | re.DOTALL)
 

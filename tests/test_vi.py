@@ -72,7 +72,8 @@ def test_vi_datatree_has_the_shape_of_sample(runs):
     # log_likelihood: the model's pointwise log-likelihood at each draw, checked by numpy at one draw
     from tests.reference import moe_log_lik
 
-    draw = {k: post[k].values[0, 3] for k in post.data_vars}
+    draw = {k: np.asarray(v) for k, v in model.complete_params(
+        {k: post[k].values[0, 3] for k in post.data_vars}, 1).items()}
     ll = moe_log_lik("softmax", "gaussian", draw, x[:, None], y)
     np.testing.assert_allclose(full.log_likelihood["y"].values[0, 3], ll, rtol=2e-5, atol=2e-4)
     np.testing.assert_allclose(full.observed_data["y"].values, y)
