@@ -140,11 +140,8 @@ class FitResult:
         :param y: responses (n,); default: the fit's data (give both or neither).
         """
         self._need("memberships")
-        if (x is None) != (y is None):
-            raise ValueError("`x` and `y` must be given together (or neither, for the fit's data)")
-        if x is None:
-            x, y = self.data.x, self.data.y
-        return np.asarray(self.model.responsibilities(self.params, self._new_x(x), y))
+        x, y = self._xy(x, y)
+        return np.asarray(self.model.responsibilities(self.params, x, y))
 
     def predict(self, x: Any, level: float | None = 0.95):
         """Predictions at new inputs: gate probabilities, expert means or class probabilities, the
@@ -164,11 +161,16 @@ class FitResult:
         :param y: responses (n,); default: the fit's data (give both or neither).
         """
         self._need("pointwise_log_likelihood")
+        x, y = self._xy(x, y)
+        return np.asarray(self.model.log_likelihood(self.params, x, y))
+
+    def _xy(self, x: Any, y: Any) -> tuple[Any, Any]:
+        """New (x, y), checked against the training columns, or the fit's own data when both are None."""
         if (x is None) != (y is None):
             raise ValueError("`x` and `y` must be given together (or neither, for the fit's data)")
         if x is None:
-            x, y = self.data.x, self.data.y
-        return np.asarray(self.model.log_likelihood(self.params, self._new_x(x), y))
+            return self.data.x, self.data.y
+        return self._new_x(x), y
 
     def _new_x(self, x: Any) -> Any:
         """New inputs checked against the training columns (a formula model's design does this
