@@ -31,7 +31,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import importlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import jax
@@ -662,8 +662,11 @@ class Family(abc.ABC):
         return None
 
     def generic_mstep(self, params: Params, r, x, y, floors: Mapping, joint: bool,
-                      n_steps: int = _GEM_STEPS) -> Params:
-        """Damped Newton ascent of :meth:`em_objective` over this family's free parameters.
+                      n_steps: int = _GEM_STEPS, *, sites: Sequence[str] | None = None,
+                      objective: Callable[[Params], jnp.ndarray] | None = None) -> Params:
+        """Damped Newton ascent of :meth:`em_objective` (or ``objective``) over this family's free
+        parameters (or the free sites ``sites``, the others held fixed), in the unconstrained
+        parametrisation.
 
         :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
             (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
@@ -677,26 +680,33 @@ class Family(abc.ABC):
             x, ``Gate.models_x``): the gate's term is then :math:`\\log \\pi_k + \\log p_k(x_i)` instead
             of :math:`\\log g_k(x_i)`.
         :param n_steps: number of damped Newton steps.
+        :param sites: the free sites to update (default: all of them).
+        :param objective: the function of the full parameters to maximise (default: :meth:`em_objective`
+            with ``r``, ``x``, ``y``, ``joint``), e.g. with a log-prior added.
         """
         K = r.shape[-1]
         d = x.shape[-1]
         tfs = self.transforms(floors)
         free = self.to_free(params)
+        if objective is None:
+            def objective(full):
+                return self.em_objective(full, r, x, y, joint)
         # a scale exactly at its floor maps to -inf: start just above it
-        u0 = {k: jnp.nan_to_num(tfs[k].inv(v), neginf=-30.0) for k, v in free.items()}
+        u0 = {k: jnp.nan_to_num(tfs[k].inv(v), neginf=-30.0) for k, v in free.items()
+              if sites is None or k in sites}
         if not u0:
             return dict(params)
         flat0, unravel = ravel_pytree(u0)
 
+        def full_of(flat):
+            return self.to_full({**free, **{k: tfs[k](v) for k, v in unravel(flat).items()}}, K, d)
+
         def q(flat):
-            u = unravel(flat)
-            full = self.to_full({k: tfs[k](v) for k, v in u.items()}, K, d)
-            val = self.em_objective({**params, **full}, r, x, y, joint)
+            val = objective({**params, **full_of(flat)})
             return jnp.where(jnp.isfinite(val), val, -jnp.inf)
 
         flat, _, _ = newton_ascent(q, flat0, max_iter=n_steps)
-        u = unravel(flat)
-        return {**params, **self.to_full({k: tfs[k](v) for k, v in u.items()}, K, d)}
+        return {**params, **full_of(flat)}
 
 
 def voronoi_order_pair(spec: str | float) -> tuple[float, float]:

@@ -39,7 +39,6 @@ from jax.flatten_util import ravel_pytree
 
 from bayesmoe import priors as _priors
 from bayesmoe._proximal import mfista
-from bayesmoe._solvers import newton_ascent
 
 __all__ = ["L1", "PenaltyWeights", "em_update", "lambda_max", "n_zero_slopes", "objective_terms",
            "penalty_value", "site_weights", "slope_sites"]
@@ -344,22 +343,10 @@ def _family_update(fam, params: Params, r, x, y, floors, joint: bool, weights: M
         xtol = 1e-10 if dtype == jnp.float64 else 1e-6
         flat, _, _ = mfista(f, flat0, w / norm, mask, max_iter=_PROX_STEPS, xtol=xtol)
         out.update(unravel(flat))
-    other = [p for p in table if p not in lin and p.n_free(sizes) > 0]
+    other = [p.site for p in table if p not in lin and p.n_free(sizes) > 0]
     if other:
-        tfs = fam.transforms(floors)
-        free = fam.to_free(out)
-        u0 = {p.site: jnp.nan_to_num(tfs[p.site].inv(free[p.site]), neginf=-30.0) for p in other}
-        flat0, unravel = ravel_pytree(u0)
-
-        def q(flat):
-            u = unravel(flat)
-            full = fam.to_full({**free, **{k: tfs[k](v) for k, v in u.items()}}, K, d)
-            val = objective({**out, **full})
-            return jnp.where(jnp.isfinite(val), val, -jnp.inf)
-
-        flat, _, _ = newton_ascent(q, flat0, max_iter=_NEWTON_STEPS)
-        u = unravel(flat)
-        out.update(fam.to_full({**free, **{k: tfs[k](v) for k, v in u.items()}}, K, d))
+        out = fam.generic_mstep(out, r, x, y, floors, joint, _NEWTON_STEPS, sites=other,
+                                objective=objective)
     return out
 
 

@@ -59,7 +59,6 @@ class Objective:
 PRECONDITION_MAX_PARAMS = 512
 
 
-@partial(jax.jit, static_argnames=("objective",))
 def fisher_scale(objective: Objective, u: dict, data) -> dict:
     r"""Diagonal preconditioner per start: :math:`s_j = \sqrt{\bar F_{jj}}`, with
     :math:`\bar F_{jj} = n^{-1} \sum_i (\partial \ell_i / \partial u_j)^2` the empirical Fisher
@@ -105,10 +104,15 @@ def _optimizer(method: str, learning_rate: float) -> optax.GradientTransformatio
     return optax.adam(learning_rate)
 
 
-@partial(jax.jit, static_argnames=("objective", "method", "learning_rate"))
-def _init(objective, method, learning_rate, u0, scale, data) -> OptState:
+@partial(jax.jit, static_argnames=("objective", "method", "learning_rate", "precondition"))
+def _init(objective, method, learning_rate, precondition, u0, scale, data) -> OptState:
+    """The optimiser's state at ``u0``; the preconditioner is computed here (one compiled program
+    with the start's values) unless ``scale`` is given."""
     opt = _optimizer(method, learning_rate)
     S = jax.tree.leaves(u0)[0].shape[0]
+    if scale is None:
+        scale = (fisher_scale(objective, u0, data) if precondition
+                 else jax.tree.map(jnp.ones_like, u0))
     values = jax.vmap(lambda u: objective(u, *data))(u0)
     v0 = jax.tree.map(jnp.multiply, u0, scale)
     return OptState(v0, jax.vmap(opt.init)(v0), values, jnp.zeros(S, jnp.int32),
@@ -181,13 +185,9 @@ def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: 
     off); the returned state holds ``u`` itself.
     """
     n_params = sum(int(v[0].size) for v in jax.tree.leaves(u0))
-    if scale is not None:  # e.g. the preconditioner of a screening run, reused for the refinement
-        pass
-    elif precondition and method == "lbfgs" and n_params <= PRECONDITION_MAX_PARAMS:
-        scale = fisher_scale(objective, u0, data)
-    else:
-        scale = jax.tree.map(jnp.ones_like, u0)
-    state = _init(objective, method, float(learning_rate), u0, scale, data)
+    # a given scale (e.g. the screening run's, reused for the refinement) is used as it is
+    precondition = precondition and method == "lbfgs" and n_params <= PRECONDITION_MAX_PARAMS
+    state = _init(objective, method, float(learning_rate), precondition, u0, scale, data)
     n_chunks = -(-max_steps // chunk)
     with tqdm(total=max_steps, desc=desc, disable=not progress_bar, leave=False) as bar:
         done_steps = 0

@@ -73,7 +73,7 @@ from bayesmoe._validation import check_positive_int
 
 Params = dict[str, Any]
 
-__all__ = ["EMResult", "EMState", "em_fit", "init", "step"]
+__all__ = ["EMProblem", "EMResult", "EMState", "em_fit", "init", "step"]
 
 
 class EMResult(NamedTuple):
@@ -107,49 +107,63 @@ class EMState(NamedTuple):
     trace: jnp.ndarray | None
 
 
-def _estep(model, params, x, y, w=None, penalty=None):
+class EMProblem(NamedTuple):
+    """What stays fixed during an EM run: the data, the floors, the families' ``em_prepare`` cache,
+    the tolerance, an optional (n,) bool row mask ``w`` (padding rows, see
+    :mod:`bayesmoe.inference._sharding`) and an optional
+    :class:`~bayesmoe.penalties.PenaltyWeights`."""
+
+    x: jnp.ndarray
+    y: jnp.ndarray
+    floors: Mapping
+    cache: tuple
+    tol: Any
+    w: jnp.ndarray | None = None
+    penalty: Any = None
+
+
+def _estep(model, params, pb: EMProblem):
     """Responsibilities (n, K) and the observed-data log-likelihood (scalar). Rows of weight
-    ``w = 0`` (padding, see :mod:`bayesmoe.inference._sharding`) get zero responsibilities and add 0.
-    With a :class:`~bayesmoe.penalties.PenaltyWeights`, the log-likelihood is the penalised objective
-    (minus n times the penalty, plus the log prior for MAP; n the number of real rows)."""
-    lj = model.log_joint_terms(params, x, y)
+    ``w = 0`` get zero responsibilities and add 0. With a penalty, the log-likelihood is the penalised
+    objective (minus n times the penalty, plus the log prior for MAP; n the number of real rows)."""
+    lj = model.log_joint_terms(params, pb.x, pb.y)
     lli = logsumexp(lj, axis=-1)
     r = jnp.exp(lj - lli[:, None])
-    if w is None:
+    if pb.w is None:
         ll = jnp.sum(lli)
     else:
-        r, ll = jnp.where(w[:, None], r, 0.0), jnp.sum(jnp.where(w, lli, 0.0))
-    if penalty is not None:
-        n = x.shape[0] if w is None else jnp.sum(w)
-        ll = ll + _penalties.objective_terms(model, params, x, penalty, n=n)
+        r, ll = jnp.where(pb.w[:, None], r, 0.0), jnp.sum(jnp.where(pb.w, lli, 0.0))
+    if pb.penalty is not None:
+        n = pb.x.shape[0] if pb.w is None else jnp.sum(pb.w)
+        ll = ll + _penalties.objective_terms(model, params, pb.x, pb.penalty, n=n)
     return r, ll
 
 
-def init(model, params: Params, x, y, trace_len: int = 0, w=None, penalty=None) -> EMState:
-    """The EM state at ``params`` (one E-step); ``w``: optional (n,) bool row mask."""
-    r, ll = _estep(model, params, x, y, w, penalty)
+def init(model, params: Params, pb: EMProblem, trace_len: int = 0) -> EMState:
+    """The EM state at ``params`` (one E-step)."""
+    r, ll = _estep(model, params, pb)
     trace = None
     if trace_len:
-        trace = jnp.full((trace_len,), jnp.nan, x.dtype).at[0].set(ll)
+        trace = jnp.full((trace_len,), jnp.nan, pb.x.dtype).at[0].set(ll)
     return EMState(params, r, ll, jnp.asarray(0, jnp.int32), jnp.asarray(False), ~jnp.isfinite(ll),
                    trace)
 
 
-def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None,
-         penalty=None) -> EMState:
-    """One M-step (both families; the penalised M-step of :mod:`bayesmoe.penalties` when ``penalty``
-    is given) then one E-step. A non-finite log-likelihood keeps the previous parameters and marks the
-    chain failed; convergence is a relative change below ``tol``."""
-    if penalty is None:
-        new = model.em_update(state.params, state.resp, x, y, floors, cache)
+def step(model, state: EMState, pb: EMProblem) -> EMState:
+    """One M-step (both families; the penalised M-step of :mod:`bayesmoe.penalties` when the problem
+    has a penalty) then one E-step. A non-finite log-likelihood keeps the previous parameters and
+    marks the chain failed; convergence is a relative change below ``pb.tol``."""
+    if pb.penalty is None:
+        new = model.em_update(state.params, state.resp, pb.x, pb.y, pb.floors, pb.cache)
     else:
-        new = _penalties.em_update(model, state.params, state.resp, x, y, floors, cache, penalty)
+        new = _penalties.em_update(model, state.params, state.resp, pb.x, pb.y, pb.floors, pb.cache,
+                                   pb.penalty)
     new = {k: new[k] for k in state.params}  # the state's sites (M-steps may add derived ones)
-    r_new, ll_new = _estep(model, new, x, y, w, penalty)
+    r_new, ll_new = _estep(model, new, pb)
     ok = jnp.isfinite(ll_new)
     keep = lambda a, b: jnp.where(ok, a, b)
     params = jax.tree.map(keep, new, state.params)
-    conv = ok & (jnp.abs(ll_new - state.ll) <= tol * jnp.abs(state.ll))
+    conv = ok & (jnp.abs(ll_new - state.ll) <= pb.tol * jnp.abs(state.ll))
     n = state.step + 1
     tr = state.trace
     if tr is not None:
@@ -157,17 +171,16 @@ def step(model, state: EMState, x, y, floors: Mapping, cache: tuple, tol, w=None
     return EMState(params, keep(r_new, state.resp), keep(ll_new, state.ll), n, conv, ~ok, tr)
 
 
-def _fit_one(model, params, x, y, floors, cache, max_steps, tol, trace_len, w=None, penalty=None):
-    s = init(model, params, x, y, trace_len, w, penalty)
+def _fit_one(model, params, pb: EMProblem, max_steps, trace_len):
+    s = init(model, params, pb, trace_len)
     s = lax.while_loop(lambda s: (s.step < max_steps) & ~s.converged & ~s.failed,
-                       lambda s: step(model, s, x, y, floors, cache, tol, w, penalty), s)
+                       lambda s: step(model, s, pb), s)
     return model.complete_params(s.params), s.ll, s.step, s.converged, s.trace
 
 
 def _em_core(model, x, y, starts, max_steps, tol, floors, trace_len, w=None, penalty=None):
-    cache = model.em_prepare(x, y)
-    return jax.vmap(lambda p: _fit_one(model, p, x, y, floors, cache, max_steps, tol, trace_len, w,
-                                       penalty))(starts)
+    pb = EMProblem(x, y, floors, model.em_prepare(x, y), tol, w, penalty)
+    return jax.vmap(lambda p: _fit_one(model, p, pb, max_steps, trace_len))(starts)
 
 
 _em_jit = jax.jit(_em_core, static_argnames=("model", "trace_len"))
