@@ -16,6 +16,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
@@ -47,13 +48,21 @@ def monomials(d: int, degree: int) -> list[tuple[int, ...]]:
             for c in itertools.combinations_with_replacement(range(d), k)]
 
 
+def as_array(x) -> jnp.ndarray | np.ndarray:
+    """x itself when it is already an array (numpy arrays stay on the host: computing on them
+    compiles nothing), else a JAX array."""
+    return x if isinstance(x, (np.ndarray, jax.Array)) else jnp.asarray(x)
+
+
 def polynomial_features(x: jnp.ndarray, degree: int) -> jnp.ndarray:
-    """All monomials of the columns of x (n, d) of total degree 1..degree, shape (n, p)."""
-    x = jnp.asarray(x)
+    """All monomials of the columns of x (n, d) of total degree 1..degree, shape (n, p); numpy in,
+    numpy out."""
+    x = as_array(x)
     if degree == 1:
         return x
-    cols = [jnp.prod(x[:, list(m)], axis=1) for m in monomials(x.shape[-1], degree)]
-    return jnp.stack(cols, axis=1)
+    xp = np if isinstance(x, np.ndarray) else jnp
+    cols = [xp.prod(x[:, list(m)], axis=1) for m in monomials(x.shape[-1], degree)]
+    return xp.stack(cols, axis=1)
 
 
 def with_intercept(f: jnp.ndarray) -> jnp.ndarray:

@@ -81,7 +81,7 @@ class _Polynomial:
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         """The experts' regressors poly(x), shape (n, p)."""
-        return _math.polynomial_features(jnp.asarray(x), self.degree)
+        return _math.polynomial_features(x, self.degree)
 
     def n_features(self, d: int) -> int:
         return len(_math.monomials(d, self.degree))

@@ -43,6 +43,7 @@ from jax.flatten_util import ravel_pytree
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import AffineTransform, ComposeTransform, ExpTransform
 
+from bayesmoe import _math
 from bayesmoe import priors as _priors
 from bayesmoe._solvers import newton_ascent
 
@@ -184,7 +185,7 @@ class Family(abc.ABC):
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         """The family's regressors of x (n, d), shape (n, p)."""
-        return jnp.asarray(x)
+        return _math.as_array(x)
 
     def regressor_dim(self, d: int) -> str:
         """ArviZ dim name of the regressor axis.
@@ -379,13 +380,13 @@ class Family(abc.ABC):
         """
         out = {}
         for p in self.param_table():
-            v = jnp.asarray(params[p.name])
+            v = _math.as_array(params[p.name])
             if p.reference:
-                ax = p.ref_axis()
-                v = v - jax.lax.slice_in_dim(v, v.shape[ax] - 1, v.shape[ax], axis=v.ndim + ax)
+                ax = v.ndim + p.ref_axis()
+                v = v - _take(v, v.shape[ax] - 1, v.shape[ax], ax)
                 if v.shape[ax] == 1:
                     continue
-                v = jax.lax.slice_in_dim(v, 0, v.shape[ax] - 1, axis=v.ndim + ax)
+                v = _take(v, 0, v.shape[ax] - 1, ax)
             elif p.bijection().inverse_shape(v.shape)[-1:] == (0,):
                 continue
             out[p.site] = v
@@ -405,7 +406,7 @@ class Family(abc.ABC):
         batch = None
         for p in self.param_table():
             if p.site in free:
-                v = jnp.asarray(free[p.site])
+                v = _math.as_array(free[p.site])
                 batch = v.shape[: v.ndim - len(p.shape)]
         batch = batch or ()
         for p in self.param_table():
@@ -413,7 +414,7 @@ class Family(abc.ABC):
                 c = p.constant(sizes, _float_dtype())
                 out[p.name] = jnp.broadcast_to(c, batch + c.shape)
                 continue
-            v = jnp.asarray(free[p.site])
+            v = _math.as_array(free[p.site])
             out[p.name] = _append_zero(v, p) if p.reference else v
         out.update(self.derived(out))
         return out
@@ -427,9 +428,9 @@ class Family(abc.ABC):
         out = dict(params)
         for p in self.param_table():
             if p.reference and p.name in out:
-                v = jnp.asarray(out[p.name])
+                v = _math.as_array(out[p.name])
                 ax = v.ndim + p.ref_axis()
-                out[p.name] = v - jax.lax.slice_in_dim(v, v.shape[ax] - 1, v.shape[ax], axis=ax)
+                out[p.name] = v - _take(v, v.shape[ax] - 1, v.shape[ax], ax)
         return out
 
     def affine_sites(self, tag: str) -> list[str]:
@@ -724,7 +725,15 @@ def _append_zero(v: jnp.ndarray, p: Param) -> jnp.ndarray:
     ax = v.ndim + p.ref_axis()
     zshape = list(v.shape)
     zshape[ax] = 1
-    return jnp.concatenate([v, jnp.zeros(zshape, v.dtype)], axis=ax)
+    xp = np if isinstance(v, np.ndarray) else jnp
+    return xp.concatenate([v, xp.zeros(zshape, v.dtype)], axis=ax)
+
+
+def _take(v, start: int, stop: int, axis: int):
+    """``v[..., start:stop, ...]`` along ``axis``; numpy arrays stay numpy (nothing compiled)."""
+    if isinstance(v, np.ndarray):
+        return v[(slice(None),) * axis + (slice(start, stop),)]
+    return jax.lax.slice_in_dim(v, start, stop, axis=axis)
 
 
 class Gate(Family):

@@ -190,7 +190,7 @@ class Softmax(_LinearSoftmax):
         return d
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
-        return jnp.asarray(x)
+        return _math.as_array(x)
 
     def x_affine(self, d: int) -> bool:
         r"""True: the softmax gate's regressors are x itself, so fits may standardise x.

@@ -311,15 +311,19 @@ class MoE:
         """int32 for experts with a discrete support, the default float otherwise."""
         return jnp.int32 if self.expert.is_discrete else jnp.result_type(float)
 
-    def _prepare(self, x, y=None):
+    def _prepare(self, x, y=None, host: bool = False):
+        """Checked (x, y) as arrays of the model's dtypes: on the default device, or numpy arrays
+        with ``host`` (casts and transfers happen on the host: nothing is compiled)."""
         if is_traced(x) or is_traced(y):
             x = jnp.asarray(x)
             return (x[:, None] if x.ndim == 1 else x), y
         x, y = self.check_data(x, y)
-        x = jnp.asarray(x, dtype=jnp.result_type(float))
+        x = np.asarray(x, dtype=jnp.result_type(float))
         if y is not None:
-            y = jnp.asarray(y, self.y_dtype())
-        return x, y
+            y = np.asarray(y, self.y_dtype())
+        if host:
+            return x, y
+        return jax.device_put(x), None if y is None else jax.device_put(y)
 
     def data_scale(self, x, y=None) -> DataScale:
         """The data scales the default priors are stated in (see :mod:`bayesmoe.priors`).
@@ -327,7 +331,7 @@ class MoE:
         :param x: inputs (n, d) (a DataFrame for formula models).
         :param y: responses (n,), or None (unit scale for y).
         """
-        x, y = self._prepare(x, y)
+        x, y = self._prepare(x, y, host=True)
         return DataScale(_priors.data_scale(self.gate.features(self.gate_x(x)), None),
                          _priors.data_scale(self.expert.features(self.expert_x(x)), y))
 
@@ -554,7 +558,7 @@ class MoE:
             spread["x"] = _robust_spread(fx)
             for name, var in fam.floor_sites().items():
                 if var in spread:
-                    out[name] = jnp.asarray(scale_floor * spread[var], jnp.result_type(float))
+                    out[name] = np.asarray(scale_floor * spread[var], jnp.result_type(float))
         return out
 
     def random_params(self, rng: np.random.Generator, d: int) -> Params:
@@ -594,7 +598,7 @@ class MoE:
             raise ValueError("`y` is required, got None")
         if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
             params = self.check_params(params, x.shape[1])
-        return logsumexp(self.log_joint_terms(params, x, y), axis=-1)
+        return _log_likelihood(self, params, x, y)
 
     def responsibilities(self, params: Params, x=None, y=None, *, data=None) -> jnp.ndarray:
         """Posterior expert memberships :math:`P(z_i = k | x_i, y_i)`, shape (n, K) (arguments as in
@@ -607,7 +611,7 @@ class MoE:
         """
         x, y = _resolve(self, x, y, data)
         x, y = self._prepare(x, y)
-        return jax.nn.softmax(self.log_joint_terms(params, x, y), axis=-1)
+        return _responsibilities(self, params, x, y)
 
     def predict(self, params: Params, x, interval: float | None = None) -> Prediction:
         r"""Gate probabilities, expert means or class probabilities, and the mixture's prediction.
@@ -625,11 +629,7 @@ class MoE:
         x, _ = self._prepare(x)
         if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
             params = self.check_params(params, x.shape[1])
-        g = jnp.exp(self.gate.log_weights(params, self.gate_x(x)))
-        em = self.expert.mean(params, self.expert_x(x))
-        ep = self.expert.probs(params, self.expert_x(x))
-        mean = None if em is None else jnp.sum(g * em, axis=-1)
-        cp = None if ep is None else jnp.einsum("nk,nkc->nc", g, ep)
+        g, em, ep, mean, cp = _predict(self, params, x)
         lower = upper = None
         if interval is not None and ep is None:
             lower, upper = _interval(self, params, x, (1.0 - float(interval)) / 2)
@@ -645,8 +645,7 @@ class MoE:
         key = as_key(seed, "seed")
         x, _ = self._prepare(x)
         params = self.check_params(params, x.shape[1])
-        y, z = self.distribution(params, x).sample_with_index(key)
-        return Simulation(y, z)
+        return Simulation(*_simulate(self, key, params, x))
 
     def sample_x(self, seed, params: Params, n: int) -> jnp.ndarray:
         """Draw inputs from the gate's model of x (gates with ``models_x``, e.g. the GLLiM Gaussian
@@ -775,3 +774,30 @@ def _rebuild(spec, role: str) -> Family:
     if not isinstance(fam, want):
         raise ValueError(f"the {role} spec {spec!r} names a {type(fam).__name__}, not a {role}")
     return fam
+
+
+# One compiled program per model value and shapes for the public helpers (eager evaluation would compile
+# every primitive separately); inside a caller's jit they are inlined.
+@partial(jax.jit, static_argnums=0)
+def _log_likelihood(model: MoE, params: Params, x, y) -> jnp.ndarray:
+    return logsumexp(model.log_joint_terms(params, x, y), axis=-1)
+
+
+@partial(jax.jit, static_argnums=0)
+def _responsibilities(model: MoE, params: Params, x, y) -> jnp.ndarray:
+    return jax.nn.softmax(model.log_joint_terms(params, x, y), axis=-1)
+
+
+@partial(jax.jit, static_argnums=0)
+def _predict(model: MoE, params: Params, x):
+    g = jnp.exp(model.gate.log_weights(params, model.gate_x(x)))
+    em = model.expert.mean(params, model.expert_x(x))
+    ep = model.expert.probs(params, model.expert_x(x))
+    mean = None if em is None else jnp.sum(g * em, axis=-1)
+    cp = None if ep is None else jnp.einsum("nk,nkc->nc", g, ep)
+    return g, em, ep, mean, cp
+
+
+@partial(jax.jit, static_argnums=0)
+def _simulate(model: MoE, key, params: Params, x):
+    return model.distribution(params, x).sample_with_index(key)

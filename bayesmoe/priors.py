@@ -36,7 +36,9 @@ import dataclasses
 import math
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 import numpyro
 import numpyro.distributions as dist
 
@@ -67,15 +69,17 @@ class Scale(NamedTuple):
 
 def data_scale(features: jnp.ndarray, y: jnp.ndarray | None) -> Scale:
     """Scale of the regressor columns ``features`` (n, p) and of ``y`` (unit scale when None)."""
-    features = jnp.asarray(features)
-    mean = jnp.mean(features, axis=0)
-    sd = jnp.maximum(jnp.std(features, axis=0), _SD_FLOOR)
+    # concrete data are summarised on the host (numpy: no compiled programs), traced data in JAX
+    xp = jnp if isinstance(features, jax.core.Tracer) or isinstance(y, jax.core.Tracer) else np
+    features = xp.asarray(features)
+    mean = xp.mean(features, axis=0)
+    sd = xp.maximum(xp.std(features, axis=0), _SD_FLOOR)
     if y is None:
-        y_mean, y_sd = jnp.zeros(()), jnp.ones(())
+        y_mean, y_sd = xp.zeros((), mean.dtype), xp.ones((), mean.dtype)
     else:
-        y = jnp.asarray(y, dtype=mean.dtype)
-        y_mean = jnp.mean(y)
-        y_sd = jnp.maximum(jnp.std(y), _SD_FLOOR)
+        y = xp.asarray(y, dtype=mean.dtype)
+        y_mean = xp.mean(y)
+        y_sd = xp.maximum(xp.std(y), _SD_FLOOR)
     return Scale(mean, sd, y_mean, y_sd)
 
 

@@ -14,3 +14,24 @@ import pytest  # noqa: E402
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+# ----------------------------------------------------------------------------- the quick subset
+# `make test-fast` runs the tests not marked slow. Besides the explicit `@pytest.mark.slow`, the tests
+# listed in tests/slow_tests.txt (those that took longer than a threshold in a measured full run on the
+# 2-core machine; regenerate with `python tests/_slow_list.py DURATIONS_LOG`) are marked slow here.
+_SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow_tests.txt")
+
+
+def _slow_ids() -> set[str]:
+    if not os.path.exists(_SLOW_LIST):
+        return set()
+    with open(_SLOW_LIST) as fh:
+        return {ln.split("#")[0].strip() for ln in fh if ln.split("#")[0].strip()}
+
+
+def pytest_collection_modifyitems(config, items):
+    slow = _slow_ids()
+    for item in items:
+        if item.nodeid in slow or item.nodeid.split("[")[0] in slow:
+            item.add_marker(pytest.mark.slow)

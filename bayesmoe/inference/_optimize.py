@@ -8,12 +8,14 @@ model on data of the same shapes compile once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 from tqdm.auto import tqdm
@@ -184,7 +186,7 @@ def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: 
     preconditioned ``u * scale`` (:func:`fisher_scale` unless ``scale`` is given or ``precondition`` is
     off); the returned state holds ``u`` itself.
     """
-    n_params = sum(int(v[0].size) for v in jax.tree.leaves(u0))
+    n_params = sum(math.prod(v.shape[1:]) for v in jax.tree.leaves(u0))
     # a given scale (e.g. the screening run's, reused for the refinement) is used as it is
     precondition = precondition and method == "lbfgs" and n_params <= PRECONDITION_MAX_PARAMS
     state = _init(objective, method, float(learning_rate), precondition, u0, scale, data)
@@ -194,12 +196,12 @@ def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: 
         for _ in range(n_chunks):
             state = _run_chunk(objective, method, float(learning_rate), chunk, max_steps, float(tol),
                                float(gtol), float(dtol), state, data)
-            now = int(jnp.max(state.steps))
-            bar.update(now - done_steps)
-            done_steps = now
-            if bool(jnp.all(state.done | (state.steps >= max_steps))):
+            steps = np.asarray(state.steps)  # host-side reads: no small compiled programs
+            bar.update(int(steps.max()) - done_steps)
+            done_steps = int(steps.max())
+            if bool(np.all(np.asarray(state.done) | (steps >= max_steps))):
                 break
-    return state._replace(u=jax.tree.map(jnp.divide, state.u, state.scale))
+    return state._replace(u={k: np.asarray(v) / np.asarray(state.scale[k]) for k, v in state.u.items()})
 
 
 def _values(objective: Objective, u, data) -> dict:
@@ -218,15 +220,77 @@ def site_values(objective: Objective, u, data) -> dict:
     return jax.vmap(lambda v: _values(objective, v, data))(u)
 
 
-@partial(jax.jit, static_argnames=("objective",))
-def summary(objective: Objective, u, data):
-    """(log-likelihood, log posterior, site values, expert memberships or None) at one point."""
+def _theta(objective: Objective, point, data, space: str) -> dict:
+    """Sample-site values from a point given as unconstrained ``u`` (``space="u"``) or as the model's
+    full parameters (``space="full"``)."""
     x, y, kwargs, floors = data
-    theta = obj.constrain(objective.transforms(x, y, kwargs, floors), u)
+    if space == "u":
+        return obj.constrain(objective.transforms(x, y, kwargs, floors), point)
+    return objective.model.free_params(point)
+
+
+@partial(jax.jit, static_argnames=("objective", "space"))
+def summary(objective: Objective, point, data, space: str = "u"):
+    """(log-likelihood, log posterior, site values, expert memberships or None) at one point, given
+    in unconstrained space (``space="u"``) or as full parameters (``space="full"``, MoE models).
+    Rows masked out by ``kwargs["mask"]`` do not count (their memberships are returned too)."""
+    x, y, kwargs, floors = data
+    theta = _theta(objective, point, data, space)
     ll = obj.log_joint(objective.model, theta, (x, y), kwargs, False)
     lpost = obj.log_joint(objective.model, theta, (x, y), kwargs, True)
-    values = _values(objective, u, data)
+    values = obj.all_values(objective.model, theta, (x, y), kwargs)
     resp = None
-    if isinstance(objective.model, MoE):
+    if isinstance(objective.model, MoE):  # the user-facing sites: full rows, no free duplicates
+        names = objective.model.site_names(x.shape[1])
+        values = {k: v for k, v in values.items() if k in names}
         resp = objective.model.responsibilities(values, x, y)
     return ll, lpost, values, resp
+
+
+@partial(jax.jit, static_argnames=("objective",))
+def to_u(objective: Objective, full, data) -> dict:
+    """Full MoE parameters (leading start axis) -> unconstrained points (scales at their floor
+    lifted just above it, see :func:`lift`)."""
+    x, y, kwargs, floors = data
+    tfs = objective.transforms(x, y, kwargs, floors)
+    return lift(jax.vmap(lambda p: obj.unconstrain(tfs, objective.model.free_params(p)))(full), floors)
+
+
+def lift(u: dict, floors: dict) -> dict:
+    """A scale exactly at its floor is -inf in unconstrained space (``u = log(scale - floor)``): start
+    it at ``floor * (1 + 1e-6)`` instead, so that optimisers have a finite point and gradient."""
+    out = dict(u)
+    for name, floor in floors.items():
+        if name in out:
+            lim = jnp.log(1e-6 * jnp.asarray(floor, out[name].dtype))
+            out[name] = jnp.where(jnp.isneginf(out[name]), lim, out[name])
+    return out
+
+
+@partial(jax.jit, static_argnames=("objective",))
+def start_points(objective: Objective, data, weights, init, seed, jitter, jitter_mask):
+    """Every start of an MoE fit in one compiled program: (u0, full0), the unconstrained points and
+    the full parameters (leading start axis).
+
+    The starts are ``init`` (full parameters with a leading axis, or None) followed by the families'
+    first M-step from each soft partition in ``weights`` (S, n, K) (or None), computed on ``data``;
+    the starts flagged in ``jitter_mask`` then get ``jitter`` times standard normal noise (key
+    ``seed``) added in unconstrained space.
+    """
+    from bayesmoe.inference.init import params_from_weights  # noqa: PLC0415
+
+    x, y, kwargs, floors = data
+    model = objective.model
+    parts = []
+    if init is not None:
+        parts.append(jax.vmap(model.free_params)(model.regauge(init)))
+    if weights is not None:
+        parts.append(params_from_weights(model, x, y, weights, floors, free=True))
+    free = {k: jnp.concatenate([jnp.asarray(p[k], x.dtype) for p in parts]) for k in parts[0]}
+    tfs = objective.transforms(x, y, kwargs, floors)
+    u = lift(jax.vmap(lambda f: obj.unconstrain(tfs, f))(free), floors)
+    keys = jax.random.split(jax.random.key(seed), len(u))
+    u = {k: v + jitter * jitter_mask.reshape((-1,) + (1,) * (v.ndim - 1))
+         * jax.random.normal(kk, v.shape, v.dtype) for (k, v), kk in zip(u.items(), keys, strict=True)}
+    full = jax.vmap(lambda v: _values(objective, v, data))(u)
+    return u, full

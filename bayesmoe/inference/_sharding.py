@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -79,21 +78,27 @@ def padded_size(n: int, n_devices: int, bucket: bool = False) -> int:
     return -(-n // n_devices) * n_devices
 
 
-def shard_rows(mesh: Mesh | None, x, y, bucket: bool = False) -> ShardedData:
+def shard_rows(mesh: Mesh | None, x, y, bucket: bool = False, dtypes: tuple | None = None) -> ShardedData:
     """Pad (x, y) with zero-weight copies of row 0 to :func:`padded_size` rows and, given a mesh,
     shard the rows over it.
 
     With ``bucket=True`` data sets whose sizes share a bucket share one compiled program (n and
-    n + 1 rows do, except across a bucket edge)."""
+    n + 1 rows do, except across a bucket edge). ``dtypes``: the (x, y) dtypes on the device (cast
+    on the host, so that nothing is compiled), or None to keep them."""
     n = int(x.shape[0])
     n_pad = padded_size(n, 1 if mesh is None else mesh.size, bucket)
-    idx = np.where(np.arange(n_pad) < n, np.arange(n_pad), 0)
-    xp, yp = (jnp.asarray(x)[idx], jnp.asarray(y)[idx]) if n_pad != n else (x, y)
-    mask = jnp.asarray(np.arange(n_pad) < n)
+    if dtypes is not None or n_pad != n:
+        x, y = np.asarray(x), np.asarray(y)
+        if dtypes is not None:
+            x, y = x.astype(dtypes[0], copy=False), y.astype(dtypes[1], copy=False)
+        if n_pad != n:
+            idx = np.where(np.arange(n_pad) < n, np.arange(n_pad), 0)
+            x, y = x[idx], y[idx]
+    mask = np.arange(n_pad) < n
     if mesh is None:
-        return ShardedData(xp, yp, mask, n)
-    return ShardedData(jax.device_put(xp, _rows_spec(mesh, xp.ndim)),
-                       jax.device_put(yp, _rows_spec(mesh, yp.ndim)),
+        return ShardedData(jax.device_put(x), jax.device_put(y), jax.device_put(mask), n)
+    return ShardedData(jax.device_put(x, _rows_spec(mesh, x.ndim)),
+                       jax.device_put(y, _rows_spec(mesh, y.ndim)),
                        jax.device_put(mask, _rows_spec(mesh, 1)), n)
 
 
@@ -108,11 +113,11 @@ def em_fit(model, data: ShardedData, init: dict, *, max_steps: int, tol: float, 
     from bayesmoe.inference import em  # noqa: PLC0415
 
     dtype = data.x.dtype
-    starts = model.regauge({k: jnp.asarray(v, dtype) for k, v in model.check_params(
-        init, data.x.shape[1], batch_ndim=1, name="init").items()})
-    floors = {k: jnp.asarray(v, dtype) for k, v in floors.items()}
+    starts = {k: np.asarray(v, dtype) for k, v in model.check_params(
+        init, data.x.shape[1], batch_ndim=1, name="init").items()}
+    floors = {k: np.asarray(v, dtype) for k, v in floors.items()}
     params, ll, steps, conv, _ = _em_sharded(model, data.x, data.y, starts,
-                                             jnp.asarray(max_steps, jnp.int32), jnp.asarray(tol, dtype),
+                                             np.int32(max_steps), np.asarray(tol, dtype),
                                              floors, data.mask, penalty)
     return em.EMResult(params, ll, steps, conv, None)
 
@@ -120,7 +125,7 @@ def em_fit(model, data: ShardedData, init: dict, *, max_steps: int, tol: float, 
 def _em_core_masked(model, x, y, starts, max_steps, tol, floors, mask, penalty=None):
     from bayesmoe.inference import em  # noqa: PLC0415
 
-    return em._em_core(model, x, y, starts, max_steps, tol, floors, 0, mask, penalty)
+    return em._em_core(model, x, y, model.regauge(starts), max_steps, tol, floors, 0, mask, penalty)
 
 
 _em_sharded = jax.jit(_em_core_masked, static_argnames=("model",))

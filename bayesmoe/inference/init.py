@@ -9,12 +9,10 @@ squares, or its M-step from a neutral point), all starts at once in one compiled
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 import numpy as np
 
-__all__ = ["data_starts", "soft_partitions"]
+__all__ = ["data_starts", "params_from_weights", "soft_partitions"]
 
 _EPS = 1e-6
 
@@ -62,14 +60,18 @@ def soft_partitions(model, x: np.ndarray, y: np.ndarray, n_starts: int,
     return out
 
 
-@partial(jax.jit, static_argnums=(0, 5))
-def _params_from_weights(model, x, y, weights, floors, free: bool):
+def params_from_weights(model, x, y, weights, floors, free: bool = False) -> dict:
+    """Traceable: the families' weighted first M-step from each soft partition of ``weights``
+    (S, n, K); full parameters in the reference gauge, or sample-site values with ``free``."""
     def one(w):
         params = dict(model.gate.init_params(model.gate_x(x), w, floors))
         params.update(model.expert.init_params(model.expert_x(x), y, w, floors))
         return model.free_params(params) if free else model.regauge(params)
 
     return jax.vmap(one)(weights)
+
+
+_params_from_weights = jax.jit(params_from_weights, static_argnums=(0, 5))
 
 
 def data_starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict, *,

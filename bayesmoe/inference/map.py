@@ -34,7 +34,7 @@ from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int
 from bayesmoe.formula import resolve_data
 from bayesmoe.inference import _checks, _optimize, _sharding, _standardize
 from bayesmoe.inference import _objective as obj
-from bayesmoe.inference.init import data_starts
+from bayesmoe.inference.init import soft_partitions
 from bayesmoe.inference.result import FitData, FitResult, FitWarning
 from bayesmoe.model import MoE
 from bayesmoe.penalties import L1
@@ -97,17 +97,6 @@ def _best(ll: np.ndarray, degenerate: np.ndarray) -> int:
     return int(np.argmax(ll))
 
 
-def _lift(u: dict, floors: dict) -> dict:
-    """A scale exactly at its floor is -inf in unconstrained space (``u = log(scale - floor)``): start
-    it at ``floor * (1 + 1e-6)`` instead, so that optimisers have a finite point and gradient."""
-    out = dict(u)
-    for name, floor in floors.items():
-        if name in out:
-            lim = jnp.log(1e-6 * jnp.asarray(floor, out[name].dtype))
-            out[name] = jnp.where(jnp.isneginf(out[name]), lim, out[name])
-    return out
-
-
 def _u_at_floor(u: dict, floors: dict) -> np.ndarray:
     """Per start, whether a floored scale is at its floor, read in unconstrained space
     (``u = log(scale - floor)``, so the floor is ``u = -inf``)."""
@@ -129,8 +118,14 @@ def _stack(dicts: list[dict]) -> dict:
     return {k: jnp.stack([jnp.asarray(d[k]) for d in dicts]) for k in dicts[0]}
 
 
-def _index(tree: dict, i: int) -> dict:
-    return {k: v[i] for k, v in tree.items()}
+def _index(tree: dict, i: int | slice) -> dict:
+    """Entry (or slice) ``i`` of every leaf's leading axis, on the host (no compiled program)."""
+    return {k: np.asarray(v)[i] for k, v in tree.items()}
+
+
+def _device(v, dtype) -> jnp.ndarray:
+    """A host array on the default device in ``dtype`` (cast by numpy: no compiled program)."""
+    return jax.device_put(np.asarray(v, dtype))
 
 
 @obj.serialized
@@ -221,32 +216,37 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
     gtol = 1e-4 if dtype == jnp.float32 else 1e-8
     dtol = _optimize.NEWTON_DECREMENT_TOL[jnp.dtype(dtype).name]
     max_steps = max_steps or {"lbfgs": 500, "adam": 3000, "em": 2000}[method]
-    x_j = jnp.asarray(xa, dtype)
-    y_j = jnp.asarray(ya, model.y_dtype()) if isinstance(model, MoE) else jnp.asarray(ya, dtype)
-
+    objective = _optimize.Objective(model, bool(prior))
     if isinstance(model, MoE):
         kwargs = {"data_scale": model.data_scale(xa, ya)}
-        floors = model.floors(xa, ya, scale_floor)
+        floors = {k: np.asarray(v, dtype) for k, v in model.floors(xa, ya, scale_floor).items()}
         if init is not None:
             for name, floor in floors.items():
                 if name in init and np.any(np.asarray(init[name]) < np.asarray(floor)):
                     raise ValueError(f"`init[{name!r}]` is below its floor (scale_floor = {scale_floor} "
                                      f"times the data's spread): the estimator bounds it there")
-        starts = [model.free_params({k: np.asarray(v)[None] for k, v in init.items()})] \
-            if init is not None else []
-        # the starts need the data's shape, not all of it
+        # rows padded to a size bucket (masked), sharded over `devices`
+        sharded = _sharding.shard_rows(mesh, xa, ya, bucket=True, dtypes=(dtype, model.y_dtype()))
+        run_data = (sharded.x, sharded.y, {**kwargs, "mask": sharded.mask}, floors)
+        # every start in one compiled program; the starts need the data's shape, not all of it
         rows = _subsample(n, screen_size, seed + 1) if n > screen_size else slice(None)
-        if n_starts > len(starts):
-            starts.append(data_starts(model, x_j[rows], y_j[rows], n_starts - len(starts),
-                                      np.random.default_rng(seed), floors, free=True))
-        starts_free = {k: np.concatenate([np.asarray(s_[k]) for s_ in starts]) for k in starts[0]}
+        n_data = n_starts - (init is not None)
+        weights = (_device(soft_partitions(model, xa[rows], ya[rows], n_data, np.random.default_rng(seed)),
+                           dtype) if n_data else None)
+        init0 = None if init is None else {k: np.asarray(v, dtype)[None] for k, v in init.items()}
+        # jittered copies: start 0 of every data-driven seed is kept as is
+        jit_mask = (np.arange(n_starts) % 2 == 1) if init is None else (np.arange(n_starts) > 0)
+        start_data = (_device(xa[rows], dtype), _device(ya[rows], model.y_dtype()), kwargs, floors)
+        u0, full0 = _optimize.start_points(objective, start_data, weights, init0, np.int32(seed % 2**31),
+                                           np.asarray(jitter, dtype), np.asarray(jit_mask, dtype))
     else:
         kwargs, floors = {}, {}
+        x_j = jnp.asarray(xa, dtype)
+        y_j = jnp.asarray(ya, dtype)
+        run_data = (x_j, y_j, kwargs, floors)
+        sites = obj.latent_sites(model, (x_j, y_j), kwargs)
+        tfs = obj.transforms(sites, floors)
         keys = jax.random.split(key, n_starts)
-        starts_free = None
-    sites = obj.latent_sites(model, (x_j, y_j), kwargs)
-    tfs = obj.transforms(sites, floors)
-    if starts_free is None:
         u_list = []
         for i in range(n_starts):
             if i == 0 and init is not None:
@@ -256,85 +256,76 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
                                     model_args=(x_j, y_j))[0]
             u_list.append(info.z)
         u0 = _stack(u_list)
-    else:
-        u0 = _lift(obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in starts_free.items()}), floors)
-    # jittered copies: start 0 of every data-driven seed is kept as is
-    # (numpy draws: nothing to compile)
-    noise = np.random.default_rng([seed, 1])
-    jit_mask = (np.arange(n_starts) % 2 == 1) if init is None else (np.arange(n_starts) > 0)
-    u0 = {k: jnp.asarray(np.asarray(v) + jitter * jit_mask.reshape((-1,) + (1,) * (np.ndim(v) - 1))
-                         * noise.standard_normal(np.shape(v)), dtype)
-          for k, v in u0.items()}
-
-    objective = _optimize.Objective(model, bool(prior))
-    run_data = (x_j, y_j, kwargs, floors)
-    if isinstance(model, MoE):  # rows padded to a size bucket (masked), sharded over `devices`
-        sharded = _sharding.shard_rows(mesh, x_j, y_j, bucket=True)
-        run_data = (sharded.x, sharded.y, {**kwargs, "mask": sharded.mask}, floors)
+        noise = np.random.default_rng([seed, 1])
+        jit_mask = (np.arange(n_starts) % 2 == 1) if init is None else (np.arange(n_starts) > 0)
+        u0 = {k: jnp.asarray(np.asarray(v) + jitter * jit_mask.reshape((-1,) + (1,) * (np.ndim(v) - 1))
+                             * noise.standard_normal(np.shape(v)), dtype)
+              for k, v in u0.items()}
 
     extra: dict[str, Any] = {}
     pen = _penalties.for_fit(penalty, model, xa.shape[1], std, kwargs if prior else None, dtype)
+    screen = n > 2 * screen_size and n_starts > 1
+    if screen:  # screen the starts on a subsample; only the best is refined on the full data
+        idx = _subsample(n, screen_size, seed)
+        if isinstance(model, MoE):
+            sub = _sharding.shard_rows(None, xa[idx], ya[idx], bucket=True, dtypes=(dtype, model.y_dtype()))
+            sub_data = (sub.x, sub.y, {**kwargs, "mask": sub.mask}, floors)
+        else:
+            sub_data = (run_data[0][idx], run_data[1][idx], kwargs, floors)
+        extra["screened_on"] = screen_size
     if method == "em":
-        from bayesmoe.inference.em import em_fit  # noqa: PLC0415
-
-        full0 = _optimize.site_values(objective, u0, (x_j, y_j, kwargs, floors))
-        if n > 2 * screen_size and n_starts > 1:  # screen the starts on a subsample
-            idx = _subsample(n, screen_size, seed)
-            em = em_fit(model, x_j[idx], y_j[idx], full0, max_steps=max_steps, tol=tol, floors=floors,
-                        penalty=pen)
+        if screen:
+            em = _sharding.em_fit(model, sub, full0, max_steps=max_steps, tol=tol, floors=floors,
+                                  penalty=pen)
             start_ll = np.asarray(em.log_likelihood)
             best = _best(start_ll, _doubtful(model, em.params, floors))
-            full0 = {k: v[best:best + 1] for k, v in em.params.items()}
-            extra["screened_on"] = screen_size
+            full0 = _index(em.params, slice(best, best + 1))
         em = _sharding.em_fit(model, sharded, full0, max_steps=max_steps, tol=tol, floors=floors,
                               penalty=pen)
-        if "screened_on" not in extra:
+        if not screen:
             start_ll = np.asarray(em.log_likelihood)
         best = _best(np.asarray(em.log_likelihood), _doubtful(model, em.params, floors))
         best_full = _index(em.params, best)
-        n_steps, converged = int(em.n_steps[best]), bool(em.converged[best])
-        u_best = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in
-                                       model.free_params(best_full).items()})
-        u_best = _lift(u_best, floors)
+        n_steps, converged = int(np.asarray(em.n_steps)[best]), bool(np.asarray(em.converged)[best])
+        point, space = best_full, "full"
         if prior and pen is None:  # polish the EM answer on the posterior
-            st = _optimize.run(objective, _stack([u_best]), run_data, method="lbfgs",
+            u1 = _optimize.to_u(objective, _index(em.params, slice(best, best + 1)), run_data)
+            st = _optimize.run(objective, u1, run_data, method="lbfgs",
                                max_steps=500, tol=tol, gtol=gtol, dtol=dtol, progress_bar=progress_bar)
-            u_best = _index(st.u, 0)
-            n_steps += int(st.steps[0])
+            point, space = _index(st.u, 0), "u"
+            n_steps += int(np.asarray(st.steps)[0])
     else:
-        data = run_data
-        if n > 2 * screen_size and n_starts > 1:
-            idx = _subsample(n, screen_size, seed)
-            sub = (x_j[idx], y_j[idx], kwargs, floors)
-            st = _optimize.run(objective, u0, sub, method=method, max_steps=max_steps, tol=tol,
+        if screen:
+            st = _optimize.run(objective, u0, sub_data, method=method, max_steps=max_steps, tol=tol,
                                gtol=gtol, dtol=dtol, learning_rate=learning_rate, progress_bar=progress_bar,
                                desc="screen starts")
             start_ll = -np.asarray(st.value) * screen_size
             best = _best(-np.asarray(st.value), _u_doubtful(model, st.u, floors))
-            st = _optimize.run(objective, _stack([_index(st.u, best)]), data, method=method,
-                               scale=_stack([_index(st.scale, best)]), max_steps=max_steps, tol=tol,
-                               gtol=gtol, dtol=dtol, learning_rate=learning_rate,
+            st = _optimize.run(objective, _index(st.u, slice(best, best + 1)), run_data, method=method,
+                               scale=_index(st.scale, slice(best, best + 1)), max_steps=max_steps,
+                               tol=tol, gtol=gtol, dtol=dtol, learning_rate=learning_rate,
                                progress_bar=progress_bar, desc="refine")
             best_i = 0
-            extra["screened_on"] = screen_size
         else:
-            st = _optimize.run(objective, u0, data, method=method, max_steps=max_steps, tol=tol,
+            st = _optimize.run(objective, u0, run_data, method=method, max_steps=max_steps, tol=tol,
                                gtol=gtol, dtol=dtol, learning_rate=learning_rate, progress_bar=progress_bar)
             best_i = _best(-np.asarray(st.value), _u_doubtful(model, st.u, floors))
-            start_ll = None
-        u_best = _index(st.u, best_i)
-        n_steps, converged = int(st.steps[best_i]), bool(st.done[best_i])
-        if start_ll is None:
             # per-start log-likelihoods (MAP: the likelihood part at each start's optimum)
-            start_ll = np.asarray(_optimize.start_log_likelihoods(objective, st.u, data))
+            start_ll = (np.asarray(_optimize.start_log_likelihoods(objective, st.u, run_data)) if prior
+                        else -np.asarray(st.value, np.float64) * n)
+        point, space = _index(st.u, best_i), "u"
+        n_steps, converged = int(np.asarray(st.steps)[best_i]), bool(np.asarray(st.done)[best_i])
 
-    ll, lpost, params, resp = _optimize.summary(objective, u_best, (x_j, y_j, kwargs, floors))
+    ll, lpost, params, resp = _optimize.summary(objective, point, run_data, space=space)
+    if resp is not None:
+        resp = np.asarray(resp)[:n]  # padding rows dropped
     ll = float(ll)
     problems: list[str] = []
     if isinstance(model, MoE):
         problems = _checks.fit_problems(
             model, jax.tree.map(np.asarray, params), resp, floors, kwargs["data_scale"].gate.sd, ll,
-            xa.shape[1], loglik=lambda p: np.sum(np.asarray(model.log_likelihood(p, x_j, y_j))))
+            xa.shape[1], loglik=lambda p: np.sum(np.asarray(model.log_likelihood(p, _device(xa, dtype),
+                                                                     _device(ya, model.y_dtype())))))
     converged = converged and bool(np.isfinite(ll))
     for msg in problems:
         # stack: user -> [fit_mle ->] lock wrapper -> here
@@ -346,7 +337,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         extra["standardization"] = std
     lpost = float(lpost) if prior else ll
     k = model.n_params(xa.shape[1]) if isinstance(model, MoE) else int(
-        sum(np.size(v) for v in u_best.values()))
+        sum(np.size(v) for v in point.values()))
     if pen is not None:  # the Lasso's degrees of freedom: the nonzero slopes (Zou et al. 2007)
         k, more = _penalties.fit_summary(penalty, model, params, ll, n, xa.shape[1], k)
         extra.update(more)
