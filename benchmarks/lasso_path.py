@@ -9,10 +9,10 @@ run to convergence (bayesmoe._proximal.mfista, compiled; cold and warm) and by s
 coordinate-descent ``Lasso`` with ``sample_weight`` (glmnet-style; the baseline), and the answers are
 compared.
 
-Then plain (unpenalised) ``bm.fit_mle`` with many features (K = 2, n = 2000, p in ``--mle-ps``, two
-starts, a few EM steps): wall and CPU time, and XLA's count of the temporary memory of the compiled
-data-driven starts beside the n (p+1)^2 numbers of the row-wise outer products the starts' normal
-equations used to hold (which made p ~ 1000 run out of memory).
+Then plain (unpenalised) ``bm.fit_mle`` with many features (K = 2, n = max(2000, 4 (p+1)), p in
+``--mle-ps``, two starts, a few EM steps): wall and CPU time, and XLA's count of the temporary
+memory of the compiled data-driven starts beside the n (p+1)^2 numbers of the row-wise outer
+products the starts' normal equations used to hold (which made p ~ 1000 run out of memory).
 
 Usage: python benchmarks/lasso_path.py [--ps 100,300,1000] [--n 10000] [--mle-ps 300,1000]
        [--out out/benchmarks/lasso_path.json]
@@ -77,11 +77,13 @@ def _starts_temp_bytes(model, n, p, n_starts):
     return int(c.memory_analysis().temp_size_in_bytes)
 
 
-def mle_rows(ps, n=2000, max_steps=5):
-    """Plain fit_mle with many features: time and the starts' temporary memory."""
+def mle_rows(ps, n_min=2000, max_steps=5):
+    """Plain fit_mle with many features (n = max(n_min, 4 (p+1)) rows: maximum likelihood needs more
+    rows than the 3p + 5 free parameters): time and the starts' temporary memory."""
     model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), n_experts=2)
     rows = []
     for p in ps:
+        n = max(n_min, 4 * (p + 1))
         x, y, _ = simulate_sparse(0, n=n, p=p, n_experts=2)
         fit, wall, cpu = _timed(bm.fit_mle, model, x, y, n_starts=2, max_steps=max_steps, seed=0)
         temp = _starts_temp_bytes(model, n, p, 2)
