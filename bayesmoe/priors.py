@@ -213,8 +213,8 @@ def point_priors(priors: dict | None) -> dict | None:
 
     :param priors: a model's ``priors`` dict, or None.
     """
-    if priors is None:
-        return None
+    if priors is None or not any(isinstance(v, Horseshoe) for v in priors.values()):
+        return priors
     out = {k: v for k, v in priors.items() if not isinstance(v, Horseshoe)}
     return out or None
 

@@ -55,6 +55,8 @@ def test_horseshoe_start_from_plain_map():
     vals = model.init_values(truth)
     assert "expert_coef" not in vals and "expert_coef_hs_z" in vals and "gate_coef_free" in vals
     assert model.with_priors(bm.priors.point_priors(model.priors)).priors is None
+    plain = bm.priors.laplace(0.3)
+    assert bm.priors.point_priors(plain) is plain  # nothing hierarchical: the same priors
 
 
 @pytest.fixture(scope="module")

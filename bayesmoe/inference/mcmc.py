@@ -189,7 +189,9 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
     map_fit = None
     if init == "map" or isinstance(init, dict):
         if init == "map":  # under hierarchical priors: the MAP of the model with plain slope priors
-            point = model.with_priors(_priors.point_priors(model.priors)) if is_moe else model
+            point = model
+            if is_moe and _priors.point_priors(model.priors) is not model.priors:
+                point = model.with_priors(_priors.point_priors(model.priors))
             map_fit = fit_map(point, xa, ya, n_starts=n_starts, seed=seed, devices=devices)
             centre = map_fit.params
         else:
