@@ -20,6 +20,11 @@ spaces", Biometrika 95),
 the number of penalised slopes and s the nonzero ones (the prior over supports that gives every support
 size the same mass, to the power gamma), or ICL / AIC; :math:`\ell` is by default the log-likelihood of
 the unpenalised refit on the level's support (relaxed).
+
+By default (``adaptive=True``) the chosen level's relaxed refit then gives the weights
+:math:`1/|\tilde\theta_j|` of a second path, the adaptive Lasso (Zou 2006, "The adaptive lasso and its
+oracle properties", JASA 101), on which the criterion chooses again: on the plain path of a mixture
+the sparse supports are not reached (see :func:`lasso_path`'s ``adaptive``).
 """
 
 from __future__ import annotations
