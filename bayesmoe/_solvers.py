@@ -1,6 +1,7 @@
 r"""Small numerical solvers of the math layer (pure JAX, jit- and vmap-safe).
 
 * :func:`spd_solve`: a symmetric positive (semi-)definite linear solve by Cholesky.
+* :func:`gram`: weighted Gram matrices without (n, m, m) temporaries.
 * :func:`weighted_least_squares`: per-expert weighted least squares (the Gaussian experts' M-step).
 * :func:`multinomial_newton`: weighted multinomial logistic regression with soft targets (the softmax
   gate's and the multinomial-logistic experts' M-steps).
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-__all__ = ["bisect", "multinomial_newton", "newton_ascent", "spd_solve", "weighted_least_squares"]
+__all__ = ["bisect", "gram", "multinomial_newton", "newton_ascent", "spd_solve", "weighted_least_squares"]
 
 _MAX_HALVING = 20
 _NEWTON_REL_TOL = 1e-10
@@ -39,6 +40,18 @@ def spd_solve(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
     chol_j = jnp.linalg.cholesky(a + jitter * jnp.eye(m, dtype=a.dtype))
     chol = jnp.where(ok, chol, chol_j)
     return jax.scipy.linalg.cho_solve((chol, True), b)
+
+
+def gram(design: jnp.ndarray, weights: jnp.ndarray) -> jnp.ndarray:
+    r"""Weighted Gram matrices :math:`G_k = Z^\top \mathrm{diag}(w_{\cdot k}) Z`, one per weight column.
+
+    One matrix product per weight column: the temporaries hold (K, n, m) numbers, never the
+    (n, m, m) outer products of the rows (which do not fit in memory for m in the thousands).
+
+    :param design: (n, m) design matrix Z. :param weights: (n, K) weights, one column per matrix.
+    :returns: (K, m, m).
+    """
+    return jnp.einsum("kna,nb->kab", weights.T[:, :, None] * design[None], design)
 
 
 # ----------------------------------------------------------------------------- Newton routine
@@ -63,9 +76,8 @@ def _mlogit_derivatives(beta, design, targets, weights):
     u = weights * jnp.sum(targets, axis=-1)                    # (n,)  w_i * sum_k T_ik
     grad = (weights[:, None] * targets[:, :J] - u[:, None] * p).T @ design   # (J, m)
     up = u[:, None] * p                                        # (n, J)
-    outer = (design[:, :, None] * design[:, None, :]).reshape(-1, m * m)     # (n, m*m)
-    diag = (up.T @ outer).reshape(J, m, m)                     # sum u p_j z z^T
-    cross = ((up[:, :, None] * p[:, None, :]).reshape(-1, J * J).T @ outer).reshape(J, J, m, m)
+    diag = gram(design, up)                                    # (J, m, m) sum u p_j z z^T
+    cross = gram(design, (up[:, :, None] * p[:, None, :]).reshape(-1, J * J)).reshape(J, J, m, m)
     neg_hess = jnp.einsum("jl,jab->jalb", jnp.eye(J, dtype=beta.dtype), diag)
     neg_hess = neg_hess - jnp.transpose(cross, (0, 2, 1, 3))
     return obj, grad, neg_hess.reshape(J * m, J * m)
@@ -119,9 +131,7 @@ def weighted_least_squares(design: jnp.ndarray, y: jnp.ndarray, weights: jnp.nda
     :param design: (n, m). :param y: (n,). :param weights: (n, K) non-negative.
     :returns: (K, m) coefficients (Cholesky solve; a tiny jitter only when singular).
     """
-    m = design.shape[1]
-    outer = (design[:, :, None] * design[:, None, :]).reshape(-1, m * m)
-    xtwx = (weights.T @ outer).reshape(-1, m, m)
+    xtwx = gram(design, weights)
     xtwy = (weights * y[:, None]).T @ design
     return jax.vmap(spd_solve)(xtwx, xtwy)
 

@@ -13,8 +13,18 @@ satisfies the optimality conditions of the penalised problem,
 from ``lambda_max_ratio`` to ``lambda_min_ratio`` times it. The level is chosen by an information
 criterion with the Lasso's degrees of freedom (the number of nonzero slopes plus the unpenalised
 parameters; Zou, Hastie & Tibshirani 2007):
-:math:`\mathrm{BIC}(\lambda) = -2\ell(\hat\theta_\lambda) + \mathrm{df}(\lambda)\log n`, or ICL / AIC, with
-:math:`\ell` by default the log-likelihood of the unpenalised refit on the level's support (relaxed).
+:math:`\mathrm{BIC}(\lambda) = -2\ell(\hat\theta_\lambda) + \mathrm{df}(\lambda)\log n`, the extended BIC
+of Chen & Chen (2008, "Extended Bayesian information criteria for model selection with large model
+spaces", Biometrika 95),
+:math:`\mathrm{EBIC}_\gamma(\lambda) = \mathrm{BIC}(\lambda) + 2\gamma\log\binom{P}{s(\lambda)}` with P
+the number of penalised slopes and s the nonzero ones (the prior over supports that gives every support
+size the same mass, to the power gamma), or ICL / AIC; :math:`\ell` is by default the log-likelihood of
+the unpenalised refit on the level's support (relaxed).
+
+By default (``adaptive=True``) the chosen level's relaxed refit then gives the weights
+:math:`1/|\tilde\theta_j|` of a second path, the adaptive Lasso (Zou 2006, "The adaptive lasso and its
+oracle properties", JASA 101), on which the criterion chooses again: on the plain path of a mixture
+the sparse supports are not reached (see :func:`lasso_path`'s ``adaptive``).
 """
 
 from __future__ import annotations
@@ -36,12 +46,13 @@ from bayesmoe.inference import _standardize
 from bayesmoe.inference.init import data_starts
 from bayesmoe.inference.result import FitResult
 
-__all__ = ["CRITERIA", "LassoPath", "lasso_path", "plot_lasso_path", "selection_rates", "simulate_sparse"]
+__all__ = ["CRITERIA", "LassoPath", "lasso_path", "plot_lasso_path"]
 
-CRITERIA = ("bic", "icl", "aic")
+CRITERIA = ("bic", "ebic", "icl", "aic")
 # the level of the all-zero fit that lambda_max is computed at (every slope is thresholded away)
 _NULL_LAM = 1e4
-#: memory allowed for the data-driven starts' normal equations (above it, starts use screened features)
+#: size n (p+1)^2 (in float bytes) of the data-driven starts' Gram matrices' work above which the
+#: dense starts use screened features (a cost bound: the Gram matrices themselves are (K, p+1, p+1))
 _MAX_START_BYTES = 2**30
 
 
@@ -52,9 +63,11 @@ class LassoPath:
     ``best`` is the :class:`~bayesmoe.FitResult` at the chosen level (``best.extra["lambda"]``);
     ``lambdas`` the decreasing levels; ``dataset`` an ``xarray.Dataset`` with a ``lambda`` dim: every
     parameter site (data units, named dims), ``log_likelihood``, ``penalized_log_likelihood``, ``df``,
-    ``n_nonzero`` (nonzero slopes), ``aic``, ``bic``, ``icl``, ``n_steps``, ``converged``;
+    ``n_nonzero`` (nonzero slopes), ``aic``, ``bic``, ``ebic``, ``icl``, ``n_steps``, ``converged``;
     ``best_index`` the position of the chosen level and ``criterion`` the criterion used;
-    ``lambda_max`` the smallest level at which every slope is zero (the path's start).
+    ``lambda_max`` the smallest level at which every slope is zero (the path's start);
+    ``first_stage`` the plain Lasso path whose chosen fit gave the adaptive weights (None when the
+    path is itself the plain one).
     """
 
     best: FitResult
@@ -63,6 +76,7 @@ class LassoPath:
     best_index: int
     criterion: str
     lambda_max: float
+    first_stage: LassoPath | None = None
 
     def __repr__(self) -> str:
         return (f"LassoPath({len(self.lambdas)} levels, lambda_max={self.lambda_max:.4g}, "
@@ -96,9 +110,10 @@ _criteria = jax.jit(jax.vmap(_criteria_terms, in_axes=(None, 0, None, None)), st
 
 
 def _starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) -> dict:
-    """Data-driven starts; with many features (where the starts' normal equations, n (p+1)^2 numbers,
-    would not fit in ``_MAX_START_BYTES``) from the q features most correlated with y (sure independence
-    screening, Fan & Lv 2008), the other slopes at zero. The screening needs families whose regressors
+    """Data-driven starts; with many features (where building the starts' normal equations, n (p+1)^2
+    multiply-adds per expert and per Newton step of the gate, would exceed ``_MAX_START_BYTES``) from
+    the q features most correlated with y (sure independence screening, Fan & Lv 2008), the other
+    slopes at zero. The screening needs families whose regressors
     are x and whose only per-feature sites are slopes; otherwise the plain starts are used."""
     n, d = x.shape
     m = max(f.n_features(d) for f in model.families) + 1
@@ -124,9 +139,10 @@ def _starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) 
 
 def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_ratio: float = 0.1,
                lambda_max_ratio: float = 3.0,
-               criterion: str = "bic", penalty: _pen.L1 | None = None, n_starts: int = 4,
+               criterion: str = "bic", ebic_gamma: float = 1.0, penalty: _pen.L1 | None = None,
+               n_starts: int = 4,
                seed: int = 0, max_steps: int = 500, tol: float | None = None,
-               relaxed: bool = True, scale_floor: float = 1e-3,
+               relaxed: bool = True, adaptive: bool = True, scale_floor: float = 1e-3,
                progress_bar: bool = True) -> LassoPath:
     r"""Fit the Lasso MoE along a path of levels and choose one (see the module docstring).
 
@@ -140,7 +156,12 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
     :param lambda_max_ratio: largest level of the default grid relative to :math:`\lambda_{\max}`
         (above 1: the penalised likelihood of a mixture is not concave, and sparse nonzero fits better
         than the all-zero one exist above :math:`\lambda_{\max}`; see below).
-    :param criterion: ``"bic"`` (default), ``"icl"`` or ``"aic"``: the level minimising it is chosen.
+    :param criterion: ``"bic"`` (default), ``"ebic"`` (extended BIC), ``"icl"`` or ``"aic"``: the level
+        minimising it is chosen. With many features (P penalised slopes of which few matter) BIC's
+        log n per slope lets irrelevant slopes in; EBIC adds the log number of supports of each size.
+    :param ebic_gamma: :math:`\gamma \in [0, 1]` of EBIC (0: BIC). Chen & Chen (2008) show EBIC
+        selection consistent for :math:`\gamma > 1 - 1/(2\kappa)` when :math:`P = O(n^\kappa)`;
+        :math:`\gamma = 1` (default) is consistent for every :math:`\kappa`.
     :param penalty: an :class:`~bayesmoe.penalties.L1` whose gate/expert ratio and adaptive weights are
         kept along the path (its level is ignored); default the plain Lasso on every slope.
     :param n_starts: data-driven starts of the all-zero fit at :math:`\lambda_{\max}`.
@@ -151,9 +172,17 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
         support (the relaxed Lasso of Meinshausen 2007 with no shrinkage; the Lasso-OLS hybrid of Efron
         et al. 2004): the Lasso's shrinkage no longer pushes the criterion towards dense supports.
         False: from the penalised fit itself.
+    :param adaptive: walk a second path with the adaptive Lasso (Zou 2006) and choose the level on it
+        (default): weights :math:`1/|\tilde\theta_j|` from the relaxed refit at the level the
+        criterion chose on the plain path (slopes zero there stay zero). In a mixture the plain Lasso's
+        shrinkage of the relevant slopes also weakens the mixture itself, so above some level the all-zero
+        fit wins and the plain path jumps from a support with spurious slopes straight to zero: no level
+        of it has the sparse support. The adaptive weights barely shrink the large slopes, so the second
+        path visits the sparse supports. False: the plain path's choice.
     :param scale_floor: lower bound of the scales relative to the data's spread (as in ``fit_mle``).
     :param progress_bar: show a tqdm bar over the levels.
-    :returns: a :class:`LassoPath`.
+    :returns: a :class:`LassoPath` (with ``adaptive=True`` the second path's, its ``first_stage`` the
+        plain path).
     """
     from bayesmoe.inference.em import em_fit  # noqa: PLC0415
     from bayesmoe.model import MoE  # noqa: PLC0415
@@ -162,6 +191,7 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
         raise ValueError(f"`model` must be a bayesmoe.MoE, got {model!r}")
     if not isinstance(criterion, str) or criterion not in CRITERIA:
         raise ValueError(f"`criterion` must be one of {CRITERIA}, got {criterion!r}")
+    check_real(ebic_gamma, "ebic_gamma", "in [0, 1]", lambda v: 0 <= v <= 1)
     check_positive_int(n_lambdas, "n_lambdas", minimum=2 if lambdas is None else 1)
     check_real(lambda_min_ratio, "lambda_min_ratio", "in (0, 1)", lambda v: 0 < v < 1)
     check_real(lambda_max_ratio, "lambda_max_ratio", ">= 1 and finite", lambda v: 1 <= v < math.inf)
@@ -170,6 +200,7 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
     check_real(scale_floor, "scale_floor", "in (0, 1)", lambda v: 0 < v < 1)
     check_bool(progress_bar, "progress_bar")
     check_bool(relaxed, "relaxed")
+    check_bool(adaptive, "adaptive")
     if tol is not None:
         check_real(tol, "tol", "> 0 and finite", lambda v: 0 < v < math.inf)
     if penalty is not None and not isinstance(penalty, _pen.L1):
@@ -272,14 +303,15 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
     bic = -2 * ll_c + df * np.log(n)
     aic = -2 * ll_c + 2 * df
     icl = bic - 2 * t_c
-    crit = {"bic": bic, "aic": aic, "icl": icl}[criterion]
+    ebic = bic + 2 * float(ebic_gamma) * _log_binom(n_pen, np.asarray(nz))
+    crit = {"bic": bic, "ebic": ebic, "aic": aic, "icl": icl}[criterion]
     best = int(np.nanargmin(np.where(np.isfinite(crit), crit, np.inf)))
 
     names = column_names(x) or [f"x{j}" for j in range(d)]
     ds = _dataset(model, raw, grid, names, {
         "log_likelihood": ll, "penalized_log_likelihood": ll - n * grid * np.asarray(pen_raw),
         **({"refit_log_likelihood": refit_ll} if relaxed else {}),
-        "df": df, "n_nonzero": np.asarray(nz), "aic": aic, "bic": bic, "icl": icl,
+        "df": df, "n_nonzero": np.asarray(nz), "aic": aic, "bic": bic, "ebic": ebic, "icl": icl,
         "n_steps": np.array([f[2] for f in fits]), "converged": np.array([f[3] for f in fits])})
     best_fit = FitResult(
         params={k: np.asarray(v) for k, v in raw[best].items()}, log_likelihood=float(ll[best]),
@@ -289,7 +321,27 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
         extra={"standardization": std, "penalty": unit.with_lam(float(grid[best])),
                "lambda": float(grid[best]), "n_nonzero_slopes": int(nz[best]),
                "penalized_log_likelihood": float(ll[best] - n * grid[best] * pen_raw[best])})
-    return LassoPath(best_fit, np.asarray(grid), ds, best, criterion, float(lam_max))
+    out = LassoPath(best_fit, np.asarray(grid), ds, best, criterion, float(lam_max))
+    if not adaptive:
+        return out
+    pilot = std.to_raw(model, jax.tree.map(np.asarray, fits[best][4]["refit"] if relaxed else fits[best][0]))
+    weights = {}
+    for k, w in _pen.L1.adaptive(pilot, 1.0).weights.items():
+        given = None if unit.weights is None else unit.weights.get(k)
+        weights[k] = w if given is None else w * np.asarray(given)
+    second = lasso_path(model, x, y, lambdas, n_lambdas=n_lambdas, lambda_min_ratio=lambda_min_ratio,
+                        lambda_max_ratio=lambda_max_ratio, criterion=criterion, ebic_gamma=ebic_gamma,
+                        penalty=_pen.L1(1.0, unit.gate, unit.expert, weights), n_starts=n_starts,
+                        seed=seed, max_steps=max_steps, tol=tol, relaxed=relaxed, adaptive=False,
+                        scale_floor=scale_floor, progress_bar=progress_bar)
+    return dataclasses.replace(second, first_stage=out)
+
+
+def _log_binom(m: int, s: np.ndarray) -> np.ndarray:
+    r""":math:`\log\binom{m}{s}` elementwise (log-gamma; exact for the sizes here)."""
+    s = np.asarray(s, float)
+    return math.lgamma(m + 1) - np.array([math.lgamma(v + 1) + math.lgamma(m - v + 1) for v in s.ravel()]
+                                         ).reshape(s.shape)
 
 
 def _dataset(model, raw: list[dict], grid: np.ndarray, names: list[str], scalars: dict):
@@ -347,69 +399,3 @@ def plot_lasso_path(path: LassoPath, *, x_log: bool = True):
             a.set_xscale("log")
     fig.tight_layout()
     return fig
-
-
-# ----------------------------------------------------------------------------- a sparse test bed
-def simulate_sparse(seed: int = 0, n: int = 400, p: int = 50, n_experts: int = 2, n_relevant: int = 3,
-                    noise: float = 0.5, strength: float = 2.0):
-    r"""Data from a sparse softmax-gated Gaussian MoE (the setting of the Lasso MoE papers): x ~ N(0, I_p),
-    each free gate row and each expert with ``n_relevant`` nonzero slopes (disjoint blocks of features,
-    values :math:`\pm` ``strength`` times 1, 1, 0.75, ...), expert intercepts spread in [-1, 1] and
-    standard deviation ``noise``.
-
-    :param seed: int or ``jax.random`` key. :param n: rows. :param p: features.
-    :param n_experts: K. :param n_relevant: relevant slopes per gate row and per expert.
-    :param noise: the experts' standard deviation. :param strength: size of the relevant slopes.
-    :returns: (x (n, p), y (n,), the true params dict).
-    """
-    from bayesmoe.experts import Gaussian as GaussianExpert  # noqa: PLC0415
-    from bayesmoe.gates import Softmax  # noqa: PLC0415
-    from bayesmoe.model import MoE  # noqa: PLC0415
-
-    K = check_positive_int(n_experts, "n_experts")
-    s = check_positive_int(n_relevant, "n_relevant")
-    check_positive_int(p, "p", minimum=(2 * K - 1) * s)
-    check_positive_int(n, "n")
-    seed = seed_int(seed, "seed")
-    rng = np.random.default_rng(seed)
-    x = rng.standard_normal((n, p))
-    mags = strength * np.resize([1.0, -1.0, 0.75], s)
-    gate = np.zeros((K, p))
-    coef = np.zeros((K, p))
-    j = 0
-    for k in range(K - 1):
-        gate[k, j:j + s] = 1.25 * mags
-        j += s
-    for k in range(K):
-        coef[k, j:j + s] = mags * (-1) ** k
-        j += s
-    truth = {"gate_intercept": np.zeros(K), "gate_coef": gate,
-             "expert_intercept": np.linspace(1.0, -1.0, K) if K > 1 else np.zeros(1),
-             "expert_coef": coef, "expert_scale": np.full(K, float(noise))}
-    model = MoE(Softmax(), GaussianExpert(), K)
-    y = np.asarray(model.simulate(seed, truth, x).y, float)
-    return x, y, truth
-
-
-def selection_rates(params: dict, truth: dict) -> tuple[float, float]:
-    """(share of the relevant slopes estimated nonzero, share of the irrelevant ones estimated nonzero),
-    over the expert slopes and the free gate rows, for the expert labelling that matches best.
-
-    :param params: fitted params (``gate_coef``, ``expert_coef``). :param truth: the true params.
-    """
-    import itertools  # noqa: PLC0415
-
-    ec, gc = np.asarray(params["expert_coef"]), np.asarray(params["gate_coef"])
-    tec, tgc = np.asarray(truth["expert_coef"]), np.asarray(truth["gate_coef"])
-    K = ec.shape[0]
-    best = None
-    for perm in itertools.permutations(range(K)):
-        perm = list(perm)
-        e, g = ec[perm], gc[perm]
-        g = g - g[-1:]
-        est = np.concatenate([(e != 0).ravel(), (g[:-1] != 0).ravel()])
-        rel = np.concatenate([(tec != 0).ravel(), (tgc[:-1] != 0).ravel()])
-        tp, fp = est[rel].mean(), est[~rel].mean()
-        if best is None or tp - fp > best[0] - best[1]:
-            best = (float(tp), float(fp))
-    return best

@@ -407,6 +407,30 @@ class MoE:
         out.update(self.expert.to_free(self.expert.canonical(dict(params))))
         return out
 
+    def init_values(self, params: Params) -> Params:
+        """The values of every sample site of the model (what NumPyro's ``init_params`` take, before
+        unconstraining) that give the full parameters ``params``: :meth:`free_params`, with the sites of
+        hierarchical priors (e.g. the horseshoe's) replaced by their latent sites
+        (:func:`bayesmoe.priors.latent_values`).
+
+        :param params: full parameters keyed by site name.
+        """
+        free = self.free_params(params)
+        for fam in self.families:
+            for p in fam.param_table():
+                if p.site in free:
+                    prior = None if self.priors is None else self.priors.get(p.name)
+                    free.update(_priors.latent_values(prior, p.site, free.pop(p.site)))
+        return free
+
+    def with_priors(self, priors: dict | None) -> MoE:
+        """This model with other ``priors`` (same families, design and likelihood).
+
+        :param priors: ``{site name: prior}`` or None (the defaults).
+        """
+        return type(self)(self.gate, self.expert, self.n_experts, priors=priors, joint=self.joint,
+                          design=self.design)
+
     def full_params(self, free: Params, d: int) -> Params:
         """Full parameters (with reference rows and derived sites) from sample-site values.
 

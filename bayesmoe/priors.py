@@ -43,7 +43,7 @@ import numpyro
 import numpyro.distributions as dist
 
 __all__ = ["Horseshoe", "Scale", "data_scale", "draw", "horseshoe", "intercept_inflation", "laplace",
-           "resolve"]
+           "latent_values", "point_priors", "resolve"]
 
 #: the slope sites of the built-in families (the sites their tables tag ``affine="coef"``)
 SLOPE_SITES = ("gate_coef", "expert_coef")
@@ -187,6 +187,55 @@ class Horseshoe:
         return numpyro.deterministic(site, z * tau * lam_t)
 
 
+    def latent_values(self, site: str, value) -> dict:
+        r"""Values of the hierarchy's sample sites that give the slopes ``value`` exactly: a start for
+        samplers (e.g. from a MAP fit under plain priors).
+
+        :math:`\tau = \tau_0` (the median of its half-Cauchy prior); :math:`c^2 = \max(s^2, 4\max|\beta|^2)`
+        (so that every slope is below the slab); each local scale at its prior median
+        :math:`\lambda = 1` unless the slope needs more, then the :math:`\lambda` with
+        :math:`\tau\tilde\lambda = |\beta|` and :math:`z = \pm 1`; :math:`z = \beta / (\tau\tilde\lambda)`.
+
+        :param site: the slope site's name (the hierarchy's sites are ``{site}_hs_*``).
+        :param value: the slopes, shape of the site (leading batch axes allowed).
+        """
+        beta = jnp.asarray(value)
+        axes = tuple(range(beta.ndim))
+        tau = jnp.asarray(self.global_scale, beta.dtype)
+        c2 = jnp.maximum(self.slab_scale ** 2, 4.0 * jnp.max(beta ** 2, axis=axes))
+        need = jnp.abs(beta) * jnp.sqrt(c2) / (tau * jnp.sqrt(jnp.maximum(c2 - beta ** 2, 1e-30)))
+        lam = jnp.maximum(1.0, need)
+        lam_t = jnp.sqrt(c2 * lam ** 2 / (c2 + tau ** 2 * lam ** 2))
+        return {f"{site}_hs_tau": tau, f"{site}_hs_lambda": lam, f"{site}_hs_c2": c2,
+                f"{site}_hs_z": beta / (tau * lam_t)}
+
+
+def point_priors(priors: dict | None) -> dict | None:
+    """The priors with the hierarchical ones (:class:`Horseshoe`) dropped: their sites fall back to the
+    default priors. The MAP fit of that model starts samplers under hierarchical priors (whose own
+    posterior mode is degenerate at zero slopes).
+
+    :param priors: a model's ``priors`` dict, or None.
+    """
+    if priors is None or not any(isinstance(v, Horseshoe) for v in priors.values()):
+        return priors
+    out = {k: v for k, v in priors.items() if not isinstance(v, Horseshoe)}
+    return out or None
+
+
+def latent_values(prior, site: str, value) -> dict:
+    """The sample-site values a site's prior declares, given the site's value: ``{site: value}`` for a
+    NumPyro distribution, the hierarchy's latent sites for a :class:`Horseshoe`.
+
+    :param prior: the site's prior (a user's ``priors`` entry), or None for the default.
+    :param site: the sample-site name.
+    :param value: the site's value.
+    """
+    if isinstance(prior, Horseshoe):
+        return prior.latent_values(site, value)
+    return {site: value}
+
+
 def horseshoe(global_scale: float, *, slab_scale: float = 2.0, slab_df: float = 4.0,
               sites: tuple[str, ...] = SLOPE_SITES) -> dict:
     r"""Regularised horseshoe priors (Piironen & Vehtari 2017) on the slope sites.
@@ -196,7 +245,8 @@ def horseshoe(global_scale: float, *, slab_scale: float = 2.0, slab_df: float = 
     :param slab_scale: s, the scale of the slab that bounds the largest slopes (units of the slopes).
     :param slab_df: :math:`\nu`, the slab's degrees of freedom.
     :param sites: the sites (default both slope sites).
-    :returns: a ``priors`` dict for :class:`bayesmoe.MoE` (sample with ``init="random"``).
+    :returns: a ``priors`` dict for :class:`bayesmoe.MoE` (``bm.sample`` starts from the MAP fit under
+        the default slope priors, mapped into the hierarchy by :meth:`Horseshoe.latent_values`).
     """
     hs = Horseshoe(_check_scale(global_scale, "global_scale"), _check_scale(slab_scale, "slab_scale"),
                    _check_scale(slab_df, "slab_df"))

@@ -7,6 +7,7 @@ from bayesmoe.datasets.papers import (
     softmax_gated_gaussian,
     softmax_gated_gaussian_x,
 )
+from bayesmoe.datasets.sparse import selection_rates, simulate_sparse
 
-__all__ = ["gaussian_gated", "glome", "simulate_dataset", "softmax_gated_gaussian",
-           "softmax_gated_gaussian_x"]
+__all__ = ["gaussian_gated", "glome", "selection_rates", "simulate_dataset", "simulate_sparse",
+           "softmax_gated_gaussian", "softmax_gated_gaussian_x"]

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from numpyro.infer import MCMC, NUTS
 
+from bayesmoe import priors as _priors
 from bayesmoe._random import as_key
 from bayesmoe._validation import as_x, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.formula import resolve_data
@@ -187,12 +188,15 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
     init_params = None
     map_fit = None
     if init == "map" or isinstance(init, dict):
-        if init == "map":
-            map_fit = fit_map(model, xa, ya, n_starts=n_starts, seed=seed, devices=devices)
+        if init == "map":  # under hierarchical priors: the MAP of the model with plain slope priors
+            point = model
+            if is_moe and _priors.point_priors(model.priors) is not model.priors:
+                point = model.with_priors(_priors.point_priors(model.priors))
+            map_fit = fit_map(point, xa, ya, n_starts=n_starts, seed=seed, devices=devices)
             centre = map_fit.params
         else:
             centre = init
-        free = model.free_params(centre) if is_moe else {k: centre[k] for k in sites}
+        free = model.init_values(centre) if is_moe else {k: centre[k] for k in sites}
         u = obj.unconstrain(tfs, {k: jnp.asarray(v, dtype) for k, v in free.items()})
         keys = jax.random.split(key_init, len(u))
         init_params = {k: v[None] + init_jitter * jax.random.normal(keys[i], (num_chains, *v.shape), dtype)
