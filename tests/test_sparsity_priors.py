@@ -20,6 +20,10 @@ def test_prior_presets_checked():
     assert set(pri) == {"gate_coef", "expert_coef"}
     assert bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2, priors=pri) == bm.MoE(
         bm.gates.Softmax(), bm.experts.Gaussian(), 2, priors=bm.priors.horseshoe(0.1))
+    # the horseshoe's posterior mode is degenerate: fit_map says so before compiling anything
+    x, y, _ = simulate_sparse(1, n=50, p=10, n_experts=2)
+    with pytest.raises(ValueError, match="hierarchical shrinkage priors"):
+        bm.fit_map(bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2, priors=pri), x, y)
 
 
 def test_laplace_prior_density():

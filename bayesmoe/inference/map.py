@@ -29,6 +29,7 @@ from numpyro.infer import init_to_uniform
 from numpyro.infer.util import initialize_model
 
 from bayesmoe import penalties as _penalties
+from bayesmoe import priors as _priors
 from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import as_x, as_y_real, check_bool, check_positive_int, check_real, column_names
 from bayesmoe.formula import resolve_data
@@ -203,6 +204,11 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         method = _penalties.check_fit(penalty, model, method, xa.shape[1])
     if isinstance(model, MoE):
         _check_size(model, n, xa.shape[1], bool(prior) or penalty is not None)
+        if prior and _priors.point_priors(model.priors) is not model.priors:
+            raise ValueError("`model` has hierarchical shrinkage priors (horseshoe): their posterior mode "
+                             "is degenerate (every slope at zero, the global scale at 0), so fit_map has no "
+                             "meaningful answer; use bm.sample, fit_map on "
+                             "model.with_priors(bm.priors.point_priors(model.priors)), or an L1 penalty")
     if init is not None and isinstance(model, MoE):
         init = model.check_params(init, xa.shape[1], name="init")
     std = None
