@@ -204,6 +204,10 @@ class Gaussian(_Polynomial, Expert):
 
 
 # ----------------------------------------------------------------------------- Student t
+#: ECM steps of the Student-t start (fixed cluster weights)
+_ROBUST_START_STEPS = 5
+
+
 @dataclasses.dataclass(frozen=True)
 class StudentT(_Polynomial, Expert):
     r"""Robust regression expert: location-scale Student t,
@@ -306,7 +310,10 @@ class StudentT(_Polynomial, Expert):
         return out
 
     def init_params(self, x, y, w, floors):
-        """Weighted least squares on the soft clusters; 10 degrees of freedom when estimated.
+        """Weighted least squares on the soft clusters (10 degrees of freedom when estimated), then
+        a few of the family's ECM steps with the clusters' weights held fixed: a robust start (the
+        t weights :math:`u_{ik}` down-weight outliers that would otherwise inflate the scales and tilt
+        the slopes of the least-squares start).
 
         :param x: inputs (n, d).
         :param y: responses (n,).
@@ -320,7 +327,8 @@ class StudentT(_Polynomial, Expert):
                                    jnp.sum(w, axis=0))
         if self.df is None:
             out["expert_df"] = jnp.full((K,), 10.0, x.dtype)
-        return out
+        return jax.lax.fori_loop(0, _ROBUST_START_STEPS,
+                                 lambda _, p: self.em_mstep(p, w, x, y, floors, design, False), out)
 
 
 # ----------------------------------------------------------------------------- Poisson
