@@ -1,4 +1,4 @@
-"""Data sets: the papers' true models for simulation (and small real data loaders)."""
+"""Data sets: the papers' true models for simulation; small real data (``ethanol``, ``motorcycle``)."""
 
 from bayesmoe.datasets.papers import (
     gaussian_gated,
@@ -7,6 +7,7 @@ from bayesmoe.datasets.papers import (
     softmax_gated_gaussian,
     softmax_gated_gaussian_x,
 )
+from bayesmoe.datasets.real import ethanol, motorcycle
 
-__all__ = ["gaussian_gated", "glome", "simulate_dataset", "softmax_gated_gaussian",
+__all__ = ["ethanol", "gaussian_gated", "glome", "motorcycle", "simulate_dataset", "softmax_gated_gaussian",
            "softmax_gated_gaussian_x"]
