@@ -156,3 +156,7 @@ def test_bad_input(two_regimes):
         model.predict(params, x, interval=0.9)
     with pytest.raises(NotImplementedError, match="vector responses"):
         bm.plots.plot_fit(model, x, y, params=params)
+    with pytest.raises(NotImplementedError, match="vector responses"):
+        bm.sample(model, x, y, num_warmup=5, num_samples=5, progress_bar=False)
+    with pytest.raises(NotImplementedError, match="vector responses"):
+        bm.fit_vi(model, x, y)
