@@ -35,8 +35,8 @@ from bayesmoe._solvers import weighted_least_squares as _wls
 from bayesmoe._validation import check_positive_int
 from bayesmoe.family import REGRESSOR, Expert, Param
 
-__all__ = ["Categorical", "Expert", "Gaussian", "Poisson", "StudentT", "feature_names", "monomials",
-           "polynomial_features"]
+__all__ = ["Categorical", "Expert", "Gaussian", "MultivariateGaussian", "Poisson", "StudentT",
+           "feature_names", "monomials", "polynomial_features"]
 
 Params = dict[str, Any]
 
@@ -582,3 +582,232 @@ class Categorical(_Polynomial, Expert):
         freq = w.T @ onehot + 0.5                                            # (K, C)
         logf = jnp.log(freq / jnp.sum(freq, axis=1, keepdims=True))
         return {"expert_intercept": logf - logf[:, -1:], "expert_coef": jnp.zeros((K, C, p), x.dtype)}
+
+
+# ----------------------------------------------------------------------------- multivariate Gaussian
+@dataclasses.dataclass(frozen=True)
+class MultivariateGaussian(_Polynomial, Expert):
+    r"""Gaussian expert of a vector response y (q,) with block-diagonal covariance (BLoMPE,
+    Nguyen et al. 2021, arXiv 2104.08959): :math:`y | x, k \sim N_q(b_k + A_k\,\mathrm{poly}(x),
+    \Sigma_k)`, :math:`\Sigma_k = \mathrm{diag}(s_k) R_k \mathrm{diag}(s_k)` with the correlation
+    :math:`R_k` block diagonal on a partition :math:`\{B_1, \dots, B_G\}` of the q outputs.
+
+    Sites: ``expert_intercept`` (K, q), ``expert_coef`` (K, q, p), ``expert_scale`` (K, q; standard
+    deviations, bounded below in ML fits), one ``expert_corr_chol_<g>`` (K, |B_g|, |B_g|; Cholesky
+    factor of the block's correlation matrix, LKJ(2) prior) per block of two or more outputs, and the
+    derived ``expert_cov`` (K, q, q). A covariance has :math:`\sum_g |B_g|(|B_g|+1)/2` free entries.
+
+    EM M-step (closed form): with the design :math:`Z = [1, \mathrm{poly}(x)]` the same for every
+    output, the weighted least-squares coefficients :math:`(Z^\top W_k Z)^{-1} Z^\top W_k Y` maximise
+    the expected complete-data log-likelihood whatever the block structure (seemingly unrelated
+    regressions with common regressors), and the covariance is the weighted residual covariance
+    :math:`S_k = \sum_i r_{ik} e_{ik} e_{ik}^\top / \sum_i r_{ik}` restricted to the blocks, plus the
+    squared floor of each output's sd on the diagonal (the floor is 0 without ``scale_floor``).
+
+    ``y`` is (n, q). ``predict`` returns expert means (n, K, q) and the mixture mean (n, q);
+    prediction intervals and the plots of fitted curves are for scalar responses only
+    (``NotImplementedError``).
+
+    :param n_outputs: q, the number of response columns.
+    :param covariance: ``"full"`` (one block), ``"diag"`` (singletons) or ``"block"`` (``blocks``).
+    :param blocks: with ``covariance="block"``, a partition of the outputs 0..q-1, e.g. ``((0, 2), (1,))``
+        (candidates: :func:`bayesmoe.selection.detect_blocks` on y).
+    :param degree: degree of the polynomial in x of the means.
+    """
+
+    n_outputs: int
+    covariance: str = "full"
+    blocks: tuple | None = None
+    degree: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_positive_int(self.n_outputs, "n_outputs")
+        if self.covariance not in ("diag", "full", "block"):
+            raise ValueError(f"`covariance` must be 'diag', 'full' or 'block', got {self.covariance!r}")
+        from bayesmoe._blocks import check_blocks  # noqa: PLC0415
+
+        if self.covariance == "block":
+            if self.blocks is None:
+                raise ValueError("`blocks` is required with covariance='block' (a partition of the "
+                                 "outputs, e.g. ((0, 1), (2,)); see bm.selection.detect_blocks)")
+            object.__setattr__(self, "blocks", check_blocks(self.blocks, self.n_outputs, "blocks"))
+        elif self.blocks is not None:
+            raise ValueError(f"`blocks` is only used with covariance='block', got covariance="
+                             f"{self.covariance!r}")
+
+    def __repr__(self) -> str:
+        extra = f", blocks={self.blocks!r}" if self.covariance == "block" else ""
+        return (f"MultivariateGaussian({self.n_outputs}, covariance={self.covariance!r}{extra}, "
+                f"degree={self.degree})")
+
+    @property
+    def label(self) -> str:
+        return f"multivariate Gaussian experts (q = {self.n_outputs}, {self.covariance} covariance)"
+
+    def output_blocks(self) -> tuple[tuple[int, ...], ...]:
+        """The partition of the outputs: singletons (diag), one block (full), or ``blocks``."""
+        q = self.n_outputs
+        if self.covariance == "diag":
+            return tuple((j,) for j in range(q))
+        if self.covariance == "full":
+            return (tuple(range(q)),)
+        return self.blocks
+
+    def _corr_blocks(self) -> list[tuple[int, tuple[int, ...]]]:
+        return [(g, b) for g, b in enumerate(self.output_blocks()) if len(b) > 1]
+
+    def sizes(self, K: int, d: int) -> dict[str, int]:
+        out = super().sizes(K, d)
+        out["q"] = self.n_outputs
+        out.update({f"b{g}": len(b) for g, b in self._corr_blocks()})
+        return out
+
+    def param_table(self):
+        table = (
+            Param("expert_intercept", ("K", "q"), ("expert", "output"), constraints.real,
+                  lambda s, z: dist.Normal(s.y_mean, 2.5 * s.y_sd * _priors.intercept_inflation(s))),
+            Param("expert_coef", ("K", "q", "p"), ("expert", "output", REGRESSOR), constraints.real,
+                  lambda s, z: dist.Normal(0.0, 2.5 * s.y_sd / s.sd)),
+            Param("expert_scale", ("K", "q"), ("expert", "output"), constraints.positive,
+                  lambda s, z: dist.LogNormal(jnp.log(s.y_sd / 2), 1.5), floor="y"),
+        )
+        for g, _ in self._corr_blocks():
+            table += (Param(f"expert_corr_chol_{g}", ("K", f"b{g}", f"b{g}"),
+                            ("expert", f"output_block{g}", f"output_block{g}_bis"),
+                            constraints.corr_cholesky, lambda s, z, g=g: dist.LKJCholesky(z[f"b{g}"], 2.0)),)
+        return table
+
+    def coords(self, names):
+        out = super().coords(names)
+        out["output"] = list(range(self.n_outputs))
+        out["output_bis"] = out["output"]
+        for g, b in self._corr_blocks():
+            out[f"output_block{g}"] = out[f"output_block{g}_bis"] = list(b)
+        return out
+
+    def x_affine(self, d: int) -> bool:
+        return False
+
+    def y_shape(self) -> tuple[int, ...]:
+        return (self.n_outputs,)
+
+    def check_y(self, y, n, name="y"):
+        """y as a float array (n, q) with finite values (``ValueError`` naming ``name`` otherwise).
+
+        :param y: the responses, array-like or DataFrame (n, q).
+        :param n: the number of rows of x.
+        :param name: the argument name used in error messages.
+        """
+        import numpy as np  # noqa: PLC0415
+
+        if y is None:
+            raise ValueError(f"`{name}` is required, got None")
+        arr = np.asarray(y.to_numpy() if hasattr(y, "to_numpy") else y)
+        if arr.ndim == 1 and self.n_outputs == 1:
+            arr = arr[:, None]
+        if arr.ndim != 2 or arr.shape[1] != self.n_outputs:
+            raise ValueError(f"`{name}` must have shape (n, {self.n_outputs}) for {self!r}, got shape "
+                             f"{arr.shape}")
+        if arr.shape[0] != n:
+            raise ValueError(f"`{name}` has {arr.shape[0]} rows but `x` has {n}")
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(f"`{name}` must hold real numbers, got dtype {arr.dtype}")
+        arr = arr.astype(np.float64)
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"`{name}` contains NaN or infinite value(s)")
+        return arr
+
+    def corr_chol(self, params: Params) -> jnp.ndarray:
+        """Cholesky factors (..., K, q, q) of the block-diagonal correlation matrices (each block's
+        factor placed on its rows and columns; lower triangular since blocks are sorted).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        """
+        scale = jnp.asarray(params["expert_scale"])
+        q = self.n_outputs
+        out = jnp.broadcast_to(jnp.eye(q, dtype=scale.dtype), scale.shape + (q,))
+        for g, b in self._corr_blocks():
+            ix = jnp.asarray(b)
+            out = out.at[..., ix[:, None], ix[None, :]].set(
+                jnp.asarray(params[f"expert_corr_chol_{g}"], scale.dtype))
+        return out
+
+    def scale_tril(self, params: Params) -> jnp.ndarray:
+        """Cholesky factors (..., K, q, q) of the expert covariances :math:`\\Sigma_k`.
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        """
+        return _math.gaussian_tril(params["expert_scale"], self.corr_chol(params))
+
+    def derived(self, params):
+        tril = self.scale_tril(params)
+        return {"expert_cov": tril @ jnp.swapaxes(tril, -1, -2)}
+
+    def derived_dims(self):
+        return {"expert_cov": ("expert", "output", "output_bis")}
+
+    def mean(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
+        """Expert means (n, K, q).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
+        f = self.features(x)
+        return (jnp.einsum("np,kqp->nkq", f, jnp.asarray(params["expert_coef"]))
+                + jnp.asarray(params["expert_intercept"]))
+
+    def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
+        """The K expert distributions of every observation: a MultivariateNormal of batch shape (n, K)
+        and event shape (q,).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        """
+        return dist.MultivariateNormal(self.mean(params, x), scale_tril=self.scale_tril(params))
+
+    def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
+        """log p_k(y_i | x_i), shape (n, K).
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param x: inputs (n, d).
+        :param y: responses (n, q).
+        """
+        return self.component(params, x).log_prob(jnp.asarray(y)[:, None, :])
+
+    def em_mstep(self, params, r, x, y, floors, cache, joint):
+        r"""Closed form (see the class docstring): weighted least squares for the means, the weighted
+        residual covariance restricted to the blocks (plus the squared floors) for the covariances.
+
+        :param params: the family's parameters keyed by site name (expert axis K first).
+        :param r: responsibilities (n, K).
+        :param x: inputs (n, d).
+        :param y: responses (n, q).
+        :param floors: ``{site name: lower bound}``; ``expert_scale`` a scalar or one per output.
+        :param cache: the design :math:`[1, \mathrm{poly}(x)]` (:meth:`em_prepare`).
+        :param joint: unused.
+        """
+        design = cache if cache is not None else self.em_prepare(x, y)
+        y = jnp.asarray(y, design.dtype)
+        n, q = y.shape
+        rk = jnp.sum(r, axis=0)
+        alive = _alive(rk, n)
+        gram = jnp.einsum("nk,na,nb->kab", r, design, design)
+        cross = jnp.einsum("nk,na,nq->kaq", r, design, y)
+        beta = jax.vmap(spd_solve)(gram, cross)                                  # (K, m, q)
+        resid = y[:, None, :] - jnp.einsum("na,kaq->nkq", design, beta)        # (n, K, q)
+        safe = jnp.where(rk > 0, rk, 1.0)
+        floor2 = jnp.broadcast_to(_floor(floors, "expert_scale", design.dtype), (q,)) ** 2
+        cov = jnp.einsum("nk,nka,nkb->kab", r, resid, resid) / safe[:, None, None] + jnp.diag(floor2)
+        sd = jnp.sqrt(jnp.diagonal(cov, axis1=-2, axis2=-1))                     # (K, q)
+        out = {**params,
+               "expert_intercept": jnp.where(alive[:, None], beta[:, 0, :], params["expert_intercept"]),
+               "expert_coef": jnp.where(alive[:, None, None], jnp.swapaxes(beta[:, 1:, :], -1, -2),
+                                        params["expert_coef"]),
+               "expert_scale": jnp.where(alive[:, None], sd, params["expert_scale"])}
+        for g, b in self._corr_blocks():
+            ix = jnp.asarray(b)
+            sub = cov[:, ix[:, None], ix[None, :]] / (sd[:, ix, None] * sd[:, None, ix])
+            site = f"expert_corr_chol_{g}"
+            out[site] = jnp.where(alive[:, None, None], jnp.linalg.cholesky(sub), params[site])
+        return out

@@ -958,6 +958,24 @@ class Expert(Family):
         """Labels of the classes of a class-label expert (the ``class`` coords), else None."""
         return None
 
+    def y_shape(self) -> tuple[int, ...]:
+        """Shape of one response: ``()`` for scalar responses (the default), ``(q,)`` for experts of
+        vector responses (then y is (n, q) and :meth:`log_prob` still returns (n, K))."""
+        return ()
+
+    def check_y(self, y: Any, n: int, name: str = "y") -> np.ndarray:
+        """Validate the user's responses and convert them to values of :attr:`support` (raises
+        ``ValueError`` naming ``name``). Default: :meth:`encode_y`, then one value per row checked
+        against :attr:`support` (float for real supports, int32 for integer ones).
+
+        :param y: the user's responses.
+        :param n: the number of rows of x.
+        :param name: the argument name used in error messages.
+        """
+        from bayesmoe._validation import as_y  # noqa: PLC0415
+
+        return as_y(self.encode_y(y, name), n, self.support, name)
+
     def em_objective(self, params, r, x, y, joint):
         r"""The expert's part of :math:`Q`: :math:`\sum_{ik} r_{ik} \log p_k(y_i \mid x_i)`.
 

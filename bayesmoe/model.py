@@ -26,7 +26,7 @@ from bayesmoe import _cache, _math
 from bayesmoe import priors as _priors
 from bayesmoe._quantile import mixture_quantile
 from bayesmoe._random import as_key
-from bayesmoe._validation import align_xy, as_x, as_y, check_positive_int, column_names, is_traced
+from bayesmoe._validation import align_xy, as_x, check_positive_int, column_names, is_traced
 from bayesmoe.distributions import MixtureOfExperts
 from bayesmoe.family import Expert, Family, Gate
 
@@ -305,7 +305,7 @@ class MoE:
                              "(read through the formula) or its design matrix")
         if y is None:
             return x, None
-        return x, as_y(self.expert.encode_y(y, "y"), x.shape[0], self.expert.support, "y")
+        return x, self.expert.check_y(y, x.shape[0], "y")
 
     def y_dtype(self):
         """int32 for experts with a discrete support, the default float otherwise."""
@@ -576,7 +576,8 @@ class MoE:
         x = np.asarray(x, float)
         spread = {}
         if y is not None and not self.expert.is_discrete:
-            spread["y"] = float(_robust_spread(np.asarray(y, float)[:, None])[0])
+            sy = _robust_spread(np.asarray(y, float).reshape(len(y), -1))  # one per column of y
+            spread["y"] = float(sy[0]) if sy.size == 1 else sy
         out = {}
         for fam, fx in ((self.gate, self.gate_x(x)), (self.expert, self.expert_x(x))):
             spread["x"] = _robust_spread(fx)
@@ -654,7 +655,11 @@ class MoE:
         if not is_traced(x) and not any(is_traced(v) for v in jax.tree.leaves(params)):
             params = self.check_params(params, x.shape[1])
         g, em, ep, mean, cp = _predict(self, params, x)
+        ev = len(self.expert.y_shape())  # vector responses: em is (n, K, q)
         lower = upper = None
+        if interval is not None and ev:
+            raise NotImplementedError("prediction intervals are for scalar responses; "
+                                      f"{self.expert!r} has vector responses")
         if interval is not None and ep is None:
             lower, upper = _interval(self, params, x, (1.0 - float(interval)) / 2)
         return Prediction(g, em, ep, mean, cp, lower, upper)
@@ -817,7 +822,8 @@ def _predict(model: MoE, params: Params, x):
     g = jnp.exp(model.gate.log_weights(params, model.gate_x(x)))
     em = model.expert.mean(params, model.expert_x(x))
     ep = model.expert.probs(params, model.expert_x(x))
-    mean = None if em is None else jnp.sum(g * em, axis=-1)
+    ev = len(model.expert.y_shape())  # vector responses: em is (n, K, q)
+    mean = None if em is None else jnp.sum(g.reshape(g.shape + (1,) * ev) * em, axis=g.ndim - 1)
     cp = None if ep is None else jnp.einsum("nk,nkc->nc", g, ep)
     return g, em, ep, mean, cp
 

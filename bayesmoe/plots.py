@@ -224,6 +224,9 @@ def plot_fit(model: MoE, x: Any = None, y: Any = None, *, data: Any = None, para
     :param n_draws: at most this many posterior draws are used (random subset, ``seed``).
     """
     _check_common(model, params, idata, band, n_grid, n_draws)
+    if model.expert.y_shape():
+        raise NotImplementedError(f"plot_fit draws scalar responses; {model.expert!r} has vector "
+                                  "responses (plot each column of bm.MoE.predict(...).mean instead)")
     x, y = resolve_data(model, x, y, data)
     xnames, yname = _names(model, x, y)
     x, y = model.check_data(x, y)

@@ -33,8 +33,8 @@ def main(argv=None):
             total[k] = max(total[k], v)
     slow = sorted((k for k, v in total.items() if v >= args.threshold), key=lambda k: -total[k])
     out = Path(__file__).with_name("slow_tests.txt")
-    out.write_text("# tests marked slow (setup + call >= %.1f s in a measured run); "
-                   "regenerate: python tests/_slow_list.py LOG\n" % args.threshold
+    out.write_text(f"# tests marked slow (setup + call >= {args.threshold:.1f} s in a measured run); "
+                   "regenerate: python tests/_slow_list.py LOG\n"
                    + "".join(f"{k}  # {total[k]:.1f} s\n" for k in slow))
     kept = sum(v for k, v in total.items() if k not in slow)
     print(f"{len(slow)} slow tests ({sum(total[k] for k in slow):.0f} s); the rest: {kept:.0f} s")

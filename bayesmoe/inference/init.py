@@ -41,8 +41,8 @@ def _y_columns(support, y: np.ndarray) -> np.ndarray:
     lo, hi = getattr(support, "lower_bound", None), getattr(support, "upper_bound", None)
     if getattr(support, "is_discrete", False) and lo == 0 and hi is not None:
         return np.eye(int(hi) + 1)[np.asarray(y, int)] * 1.5
-    y = np.asarray(y, float)
-    return 2.0 * ((y - y.mean()) / (y.std() + _EPS))[:, None]
+    y = np.asarray(y, float).reshape(len(y), -1)  # (n, q) for vector responses
+    return 2.0 * (y - y.mean(0)) / (y.std(0) + _EPS) / np.sqrt(y.shape[1])
 
 
 def soft_partitions(model, x: np.ndarray, y: np.ndarray, n_starts: int,

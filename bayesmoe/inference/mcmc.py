@@ -159,6 +159,9 @@ def sample(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = N
                              f"be None or 'vectorized', got {chain_method!r}")
         chain_method = "vectorized"
     if is_moe:
+        if model.expert.y_shape():
+            raise NotImplementedError(f"{model.expert!r} has vector responses y (n, q): the posterior's "
+                                      "DataTree is built for scalar responses; use bm.fit_mle / bm.fit_map")
         xa, ya = model.check_data(x, y)
         if ya is None:
             raise ValueError("`y` is required, got None")

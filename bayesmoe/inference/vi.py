@@ -108,6 +108,9 @@ def fit_vi(model: MoE, x: Any, y: Any, *, guide: str = "normal", subsample_size:
            posterior_predictive, relabel, quiet)
     key = as_key(seed, "seed")
     seed_i = seed_int(seed, "seed")
+    if model.expert.y_shape():
+        raise NotImplementedError(f"{model.expert!r} has vector responses y (n, q): the posterior's "
+                                  "DataTree is built for scalar responses; use bm.fit_mle / bm.fit_map")
     xa, ya = model.check_data(x, y)
     if ya is None:
         raise ValueError("`y` is required, got None")
