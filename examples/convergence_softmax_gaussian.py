@@ -106,16 +106,18 @@ def main(argv=None):
         for b, r in rates.items():
             theory = summary['over_K3']['theory'][b]
             print(f"  2-atom cell, |d {b}|: slope {r['slope']:.3f} (theory {theory})")
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    panels = [p for p in (exact, over) if p is not None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(5 * len(panels), 4), squeeze=False)
+    ax_exact, ax_over = (axes[0, 0], axes[0, -1])
     if exact is not None:
-        bm.plot_convergence(exact, axes[0], label="D1, exact fit K=2")
-        axes[0].set_title(f"softmax-gated Gaussian, exact fit ({reps} reps)")
+        bm.plot_convergence(exact, ax_exact, label="D1, exact fit K=2")
+        ax_exact.set_title(f"softmax-gated Gaussian, exact fit ({reps} reps)")
     if over is not None:
-        bm.plot_convergence(over, axes[1], label="D2, over-fit K=3")
+        bm.plot_convergence(over, ax_over, label="D2, over-fit K=3")
         for b, r in rates.items():
-            axes[1].loglog(over_grid, r["mean"], ".-", lw=0.8, label=f"|d {b}| (slope {r['slope']:.2f})")
-        axes[1].legend(fontsize=7)
-        axes[1].set_title(f"over-fit K=3 ({over_reps} reps, {starts} starts)")
+            ax_over.loglog(over_grid, r["mean"], ".-", lw=0.8, label=f"|d {b}| (slope {r['slope']:.2f})")
+        ax_over.legend(fontsize=7)
+        ax_over.set_title(f"over-fit K=3 ({over_reps} reps, {starts} {args.init} starts)")
     fig.tight_layout()
     tag = "" if args.only == "both" else f"_{args.only}"
     tag += "" if args.init == "near_true" else f"_{args.init}"
