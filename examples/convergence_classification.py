@@ -12,7 +12,11 @@ ratio of their mean losses at the largest n, and per-block distances in the spli
 Small n (below a few thousand) is left out: there the fitted gate often separates the data and its
 intercepts run off (losses of 1e3 and more), which says nothing about rates.
 
-Run: python examples/convergence_classification.py [--quick] [--reps R] [--out out/convergence_clf]
+The slopes carry two standard errors: the OLS one over the grid points and a bootstrap one over the
+replications (resampled with replacement); the gates' difference is judged by the latter.
+
+Run: python examples/convergence_classification.py [--quick] [--reps R] [--k K] [--init near_true|data]
+     [--starts S] [--split vanishing|sloped] [--grid N ...] [--out out/convergence_clf]
 """
 
 from __future__ import annotations
@@ -35,6 +39,11 @@ from bayesmoe.experiments import loglog_slope  # noqa: E402
 TRUTH = {"gate_intercept": np.array([0.5, 0.0]), "gate_coef": np.array([[2.0], [0.0]]),
          "expert_intercept": np.array([[1.0, 0.0], [-1.0, 0.0]]),
          "expert_coef": np.array([[[0.0], [0.0]], [[3.0], [0.0]]])}
+#: the same experts swapped: the over-fit splits atom 0, here the expert with slope 3 (no vanishing slope
+#: in the split cell; the vanishing-slope expert is the gate's reference atom, fitted singly)
+TRUTH_SWAPPED = {"gate_intercept": np.array([0.5, 0.0]), "gate_coef": np.array([[2.0], [0.0]]),
+                 "expert_intercept": np.array([[-1.0, 0.0], [1.0, 0.0]]),
+                 "expert_coef": np.array([[[3.0], [0.0]], [[0.0], [0.0]]])}
 
 
 def uniform_x(key, n):
@@ -42,25 +51,42 @@ def uniform_x(key, n):
     return np.asarray(jax.random.uniform(key, (n, 1), minval=-2.0, maxval=2.0))
 
 
-def split_cell_distances(ds, j=0):
+def split_cell_distances(ds, truth=TRUTH, j=0):
     """Per block, the mean over replications of the largest distance from the fitted atoms of true atom
     j's cell (cells: the nearest true atom in the expert blocks) to atom j, and its log-log slope."""
     a = ds["expert_coef"].values[..., 0, 0]                 # (n, rep, K): slope of class 0
     b = ds["expert_intercept"].values[..., 0]
-    beta1 = ds["gate_coef"].values[..., 0] - ds["gate_coef"].values[..., -1:, 0]
-    ta, tb = TRUTH["expert_coef"][:, 0, 0], TRUTH["expert_intercept"][:, 0]
+    ta, tb = truth["expert_coef"][:, 0, 0], truth["expert_intercept"][:, 0]
+    # the loss's gauge: gate slopes relative to the fitted atom whose expert is closest to the true
+    # reference (last) atom's (data starts need not put it last)
+    ref = (np.abs(a - ta[-1]) + np.abs(b - tb[-1])).argmin(-1)[..., None]
+    beta1 = ds["gate_coef"].values[..., 0]
+    beta1 = beta1 - np.take_along_axis(beta1, ref, -1)
     cell = (np.abs(a[..., None] - ta) + np.abs(b[..., None] - tb)).argmin(-1) == j
     out = {}
-    for name, v, t in (("a", a, ta[j]), ("b", b, tb[j]), ("beta1", beta1, TRUTH["gate_coef"][j, 0])):
+    for name, v, t in (("a", a, ta[j]), ("b", b, tb[j]), ("beta1", beta1, truth["gate_coef"][j, 0])):
         mean = np.where(cell, np.abs(v - t), 0.0).max(-1).mean(1)
         out[name] = {"mean": mean.tolist(), "slope": loglog_slope(ds["n"].values, mean)[0]}
     return out
 
 
-def run(gate, grid, reps, k, seed, quiet, max_steps):
+def bootstrap_slope_se(ds, n_boot=2000, seed=0):
+    """Standard error of the log-log slope of the mean loss from resampling the replications (with
+    replacement, the same resample at every n): it measures the spread the replications cause, which the
+    OLS standard error over the few grid points does not."""
+    loss = ds["loss"].values                                  # (n, rep)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, loss.shape[1], (n_boot, loss.shape[1]))
+    slopes = [loglog_slope(ds["n"].values, loss[:, i].mean(1))[0] for i in idx]
+    return float(np.std(slopes, ddof=1))
+
+
+def run(gate, grid, reps, k, seed, quiet, max_steps, init="near_true", starts=1, truth=TRUTH,
+        translation="gauge"):
     model = bm.MoE(gate, bm.experts.Categorical(2), 2)
-    return bm.convergence_rate(model, TRUTH, n_grid=grid, n_reps=reps, n_experts_fit=k, x_sampler=uniform_x,
-                               seed=seed, quiet=quiet, max_steps=max_steps)
+    return bm.convergence_rate(model, truth, n_grid=grid, n_reps=reps, n_experts_fit=k, x_sampler=uniform_x,
+                               seed=seed, quiet=quiet, max_steps=max_steps, init=init, n_starts=starts,
+                               translation=translation)
 
 
 def main(argv=None):
@@ -69,6 +95,14 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--k", type=int, default=3, help="fitted number of experts")
     ap.add_argument("--max-steps", type=int, default=2000)
+    ap.add_argument("--init", choices=("near_true", "data"), default="near_true",
+                    help="starts: near the truth (shrinking noise) or from the data (k-means partitions)")
+    ap.add_argument("--starts", type=int, default=1, help="starts per replication (best likelihood kept)")
+    ap.add_argument("--split", choices=("vanishing", "sloped"), default="vanishing",
+                    help="the true expert the over-fit splits: the vanishing-slope one or the slope-3 one")
+    ap.add_argument("--translation", choices=("gauge", "inf"), default="gauge",
+                    help="Voronoi loss: reference gauge or minimised over the gate translation (data starts)")
+    ap.add_argument("--grid", type=int, nargs="+", default=None, help="sample sizes (default: see source)")
     ap.add_argument("--out", default="out/convergence_clf")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
@@ -76,36 +110,51 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     reps = args.reps or (4 if args.quick else 8)
-    grid = [2000, 8000] if args.quick else [4000, 8000, 16000, 32000, 64000, 128000]
+    grid = args.grid or ([2000, 8000] if args.quick else [4000, 8000, 16000, 32000, 64000, 128000])
     summary = {}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for name, gate, color in (("softmax", bm.gates.Softmax(), "C0"),
                               ("modified_tanh", bm.gates.ModifiedSoftmax("tanh"), "C1")):
         t0 = time.perf_counter()
-        ds = run(gate, grid, reps, args.k, args.seed, args.quick, args.max_steps)
+        truth = TRUTH if args.split == "vanishing" else TRUTH_SWAPPED
+        ds = run(gate, grid, reps, args.k, args.seed, args.quick, args.max_steps, args.init, args.starts,
+                 truth, args.translation)
         secs = time.perf_counter() - t0
-        cells = split_cell_distances(ds)
+        cells = split_cell_distances(ds, truth)
+        boot = bootstrap_slope_se(ds, seed=args.seed)
         summary[name] = {"n": grid, "mean_loss": ds["mean_loss"].values.tolist(),
                          "median_loss": ds["loss"].median("rep").values.tolist(),
+                         "median_slope": loglog_slope(grid, ds["loss"].median("rep").values)[0],
                          "slope": float(ds["slope"]), "slope_se": float(ds["slope_se"]),
-                         "split_cell": cells, "reps": reps, "k_fit": args.k, "seconds": secs}
+                         "slope_se_bootstrap": boot, "split_cell": cells, "reps": reps, "k_fit": args.k,
+                         "init": args.init, "starts": args.starts, "translation": args.translation,
+                         "steps_at_cap": float((ds["n_steps"] >= args.max_steps).mean()), "seconds": secs}
         kind = "D1" if args.k == len(TRUTH["gate_intercept"]) else "D2"
-        print(f"{name:14s} K={args.k}: {kind} slope {float(ds['slope']):.3f} ± {float(ds['slope_se']):.3f}, "
-              f"mean loss at n={grid[-1]}: {float(ds['mean_loss'][-1]):.4g} ({reps} replications, "
-              f"{secs:.0f} s)")
+        print(f"{name:14s} K={args.k}: {kind} slope {float(ds['slope']):.3f} ± {float(ds['slope_se']):.3f} "
+              f"(bootstrap over replications ± {boot:.3f}; median-loss slope "
+              f"{summary[name]['median_slope']:.3f}), mean loss at n={grid[-1]}: "
+              f"{float(ds['mean_loss'][-1]):.4g} ({reps} replications, {args.init} starts x {args.starts}, "
+              f"{summary[name]['steps_at_cap']:.0%} at the step cap, {secs:.0f} s)")
         for b, r in cells.items():
             print(f"    split cell |d {b}|: slope {r['slope']:.3f}")
         bm.plot_convergence(ds, axes[0], label=name, color=color)
         for (b, r), style in zip(cells.items(), ("-", "--", ":"), strict=True):
             axes[1].loglog(grid, r["mean"], style, color=color, label=f"{name} |d {b}| ({r['slope']:.2f})")
-    axes[0].set_title(f"K*=2 fitted K={args.k} ({reps} reps)")
-    axes[1].set_title("split cell (vanishing-slope atom)")
+    axes[0].set_title(f"K*=2 fitted K={args.k} ({reps} reps, {args.init} starts)")
+    axes[1].set_title(f"split cell ({'vanishing-slope' if args.split == 'vanishing' else 'slope-3'} atom)")
     axes[1].set_xlabel("n")
     axes[1].legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "convergence_classification.png", dpi=110)
-    summary["modified_steeper"] = summary["modified_tanh"]["slope"] < summary["softmax"]["slope"]
-    (out / "convergence_classification.json").write_text(json.dumps(summary, indent=1))
+    tag = f"_k{args.k}_{args.init}" + ("" if args.split == "vanishing" else "_sloped")
+    tag += "" if args.translation == "gauge" else f"_{args.translation}"
+    fig.savefig(out / f"convergence_classification{tag}.png", dpi=110)
+    diff = summary["modified_tanh"]["slope"] - summary["softmax"]["slope"]
+    diff_se = float(np.hypot(summary["modified_tanh"]["slope_se_bootstrap"],
+                             summary["softmax"]["slope_se_bootstrap"]))
+    summary["slope_difference"] = {"modified_minus_softmax": diff, "se": diff_se}
+    summary["modified_steeper"] = diff < 0
+    print(f"slope difference (modified - softmax): {diff:.3f} ± {diff_se:.3f} (bootstrap)")
+    (out / f"convergence_classification{tag}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

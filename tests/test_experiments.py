@@ -162,3 +162,53 @@ def test_plot_convergence_draws_the_mean_the_band_and_the_fitted_line(rng):
         bm.plot_convergence(xr.Dataset())
     with pytest.raises(ValueError, match="`band`"):
         bm.plot_convergence(ds, band=(0.9, 0.1))
+
+
+# the classification setup of examples/convergence_classification.py: expert 1 has a vanishing slope
+_CLF_TRUTH = {"gate_intercept": np.array([0.5, 0.0]), "gate_coef": np.array([[2.0], [0.0]]),
+              "expert_intercept": np.array([[1.0, 0.0], [-1.0, 0.0]]),
+              "expert_coef": np.array([[[0.0], [0.0]], [[3.0], [0.0]]])}
+
+
+def _hand_class0_prob(params, m, x):
+    """p(y = 0 | x) of a two-class MoE by numpy: softmax gate on M(x), logistic experts on x."""
+    logits = params["gate_intercept"][None, :] + m[:, None] * params["gate_coef"][None, :, 0]
+    gate = np.exp(logits - logits.max(1, keepdims=True))
+    gate /= gate.sum(1, keepdims=True)
+    eta = params["expert_intercept"][None, :, 0] + x[:, None] * params["expert_coef"][None, :, 0, 0]
+    return np.sum(gate / (1.0 + np.exp(-eta)), axis=1)
+
+
+@pytest.mark.parametrize("transform", [None, "tanh"])
+def test_split_vanishing_slope_atom_is_not_identifiable(transform):
+    """Over-fitting the vanishing-slope atom (a* = 0) with two atoms that share its gate slope and keep
+    a = 0 gives the true conditional for a two-parameter family of masses and intercepts, with either
+    gate (the split cell is a two-component Bernoulli mixture under one gate), while D2 stays positive:
+    why the over-fitted losses of the classification study need not decrease (docs/theory.md)."""
+    gate = bm.gates.Softmax() if transform is None else bm.gates.ModifiedSoftmax(transform)
+    true_model = bm.MoE(gate, bm.experts.Categorical(2), 2)
+    over = bm.MoE(gate, bm.experts.Categorical(2), 3)
+    w_star, p_star = np.exp(0.5), 1.0 / (1.0 + np.exp(-1.0))
+    w1 = 0.4 * w_star                                    # split mass w1 + w2 = w*
+    p1 = 0.5                                             # and w1 p1 + w2 p2 = w* p*
+    p2 = (w_star * p_star - w1 * p1) / (w_star - w1)
+    b1, b2 = np.log(p1 / (1 - p1)), np.log(p2 / (1 - p2))
+    split = {"gate_intercept": np.array([np.log(w1), np.log(w_star - w1), 0.0]),
+             "gate_coef": np.array([[2.0], [2.0], [0.0]]),
+             "expert_intercept": np.array([[b1, 0.0], [b2, 0.0], [-1.0, 0.0]]),
+             "expert_coef": np.array([[[0.0], [0.0]], [[0.0], [0.0]], [[3.0], [0.0]]])}
+    x = np.linspace(-2.0, 2.0, 41)
+    m = x if transform is None else np.tanh(x)
+    np.testing.assert_allclose(_hand_class0_prob(split, m, x), _hand_class0_prob(_CLF_TRUTH, m, x),
+                               rtol=1e-12)
+    with jax.enable_x64(True):
+        y = np.arange(41) % 2
+        ll_true = np.asarray(true_model.log_likelihood(_CLF_TRUTH, x[:, None], y))
+        ll_split = np.asarray(over.log_likelihood(split, x[:, None], y))
+        p0 = _hand_class0_prob(_CLF_TRUTH, m, x)
+        np.testing.assert_allclose(ll_true, np.log(np.where(y == 0, p0, 1 - p0)), rtol=1e-10)
+        np.testing.assert_allclose(ll_split, ll_true, rtol=1e-10)
+        d2 = float(bm.metrics.voronoi_loss(over, split, _CLF_TRUTH))
+    # cell of atom 0 = fitted atoms 0, 1 (r = 4: |d beta1|^4, |d a|^2, |d b|^2); masses add up exactly
+    hand = w1 * (b1 - 1.0) ** 2 + (w_star - w1) * (b2 - 1.0) ** 2
+    assert d2 == pytest.approx(hand, rel=1e-9) and hand > 0.05
