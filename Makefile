@@ -32,19 +32,24 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-# The Flax layer's tests and the statistical tests run in separate processes: a long single process
-# that ran both hit segmentation faults inside XLA (see docs/performance.md). The statistical tests
-# run on two pytest-xdist workers (one per core on CI; whole files per worker).
+# The Flax layer's tests and the statistical tests run in separate processes, the statistical ones in
+# two halves: long processes that compiled many programs hit crashes inside XLA (see
+# docs/performance.md), so no process lives through the whole suite. Each half runs on two pytest-xdist
+# workers (one per core on CI; whole files per worker).
 PYTEST_WORKERS ?= 2
+STATS_A := $(sort $(wildcard tests/test_[a-l]*.py))
+STATS_B := $(sort $(wildcard tests/test_[m-z]*.py))
+PYTEST_STATS := MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10
 test: venv
 	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks docs
 	MPLBACKEND=Agg $(PY) -m pytest -q tests/nn
-	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=15 tests --ignore=tests/nn
+	$(PYTEST_STATS) $(STATS_A)
+	$(PYTEST_STATS) $(STATS_B)
 
 # The quick subset (< 3 min): everything but the tests marked slow.
 test-fast: venv
 	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks docs
-	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile -m "not slow" tests
+	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load -m "not slow" tests
 
 # The documentation site (mkdocs-material + mkdocstrings), API pages generated from __all__.
 docs: venv
