@@ -77,12 +77,15 @@ def test_sharded_fit_equals_one_device_fit(four_devices, method):
     res = four_devices[method]
     one, four = res["ll"]
     assert abs(four - one) <= 1e-5 * abs(one)
-    # the estimates: float32 sums in another order move the iterates along the likelihood's flattest
-    # directions by ~1e-5 (the log-likelihood itself agrees to 1e-5 above); 1e-4 of each site's scale
+    # the estimates: L-BFGS (Newton-decrement stop) agrees to 1e-5 of each site's scale; EM stops once
+    # the float32 log-likelihood no longer changes, while the gate's parameters still move along the
+    # likelihood's flattest direction, so its iterates agree to 1e-4 only (float32 sums in another order
+    # change the step at which the log-likelihood stalls)
+    tol = 1e-5 if method == "lbfgs" else 1e-4
     p1, p4 = res["params"]
     for k in p1:
         a, b = np.asarray(p1[k]), np.asarray(p4[k])
-        np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * max(1.0, np.max(np.abs(a))), err_msg=k)
+        np.testing.assert_allclose(b, a, rtol=tol, atol=tol * max(1.0, np.max(np.abs(a))), err_msg=k)
 
 
 def test_sample_runs_with_sharded_data(four_devices):

@@ -90,12 +90,19 @@ def _u_doubtful(model, u: dict, floors: dict) -> np.ndarray:
 
 
 def _best(ll: np.ndarray, degenerate: np.ndarray) -> int:
-    """The start of highest log-likelihood among the regular ones (if any is): starts at a scale floor
-    (spikes of the likelihood) or with coinciding experts (saddles) are passed over."""
+    r"""The start of highest log-likelihood among the regular ones (if any is): starts at a scale floor
+    (spikes of the likelihood) or with coinciding experts (saddles) are passed over. Starts within
+    float32 rounding of the best (relative :math:`64\,\epsilon_{32}`: typically the same optimum,
+    perhaps with the experts in another order) count as ties, won by the first: the choice does not
+    depend on the order of floating-point sums (e.g. the number of devices)."""
     ll = np.where(np.isfinite(ll), ll, -np.inf)
     if np.any(~degenerate & np.isfinite(ll)):
         ll = np.where(degenerate, -np.inf, ll)
-    return int(np.argmax(ll))
+    top = np.max(ll)
+    if not np.isfinite(top):
+        return int(np.argmax(ll))
+    tie = 64 * np.finfo(np.float32).eps * max(1.0, abs(float(top)))
+    return int(np.flatnonzero(ll >= top - tie)[0])
 
 
 def _u_at_floor(u: dict, floors: dict) -> np.ndarray:
