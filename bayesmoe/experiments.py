@@ -257,7 +257,7 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
                      init: str = "near_true", method: str = "em", seed: Any = 0, n0: float | None = None,
                      quiet: bool = False, n_starts: int = 1, max_steps: int | None = None,
                      tol: float = 1e-6, scale_floor: float = 1e-3, kind: str = "auto",
-                     rbar: Mapping | Callable | None = None, translation: str = "gauge"):
+                     rbar: Mapping | Callable | None = None, translation: str | None = None):
     r"""Voronoi loss of the MLE against n, over replications, and its log-log slope.
 
     :param model: the **true** :class:`~bayesmoe.MoE` (its ``n_experts`` is the true K; ``joint``
@@ -280,7 +280,9 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
     :param tol: relative change of the log-likelihood to stop.
     :param scale_floor: relative lower bound of the scales (see :func:`bayesmoe.inference.em.em_fit`).
     :param kind: :func:`~bayesmoe.metrics.voronoi_loss` kind. :param rbar: its ``rbar``.
-    :param translation: its ``translation``.
+    :param translation: its ``translation``; default ``"inf"`` for ``init="data"`` (a fit from the
+        data may split the gate's reference atom, which inflates the loss in the reference gauge),
+        ``"gauge"`` otherwise.
     :returns: an ``xarray.Dataset`` with dims ``n`` and ``rep``: ``loss`` (n, rep), ``log_likelihood``,
         ``n_steps``, ``converged``, the fitted params (dims ``n``, ``rep`` and the site's own, the
         expert axis ``expert``), ``mean_loss`` (n) and the scalars ``slope``, ``slope_se``,
@@ -291,6 +293,12 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
     grid, k_true, k_fit, d = _check_args(model, true_params, n_grid, n_reps, n_experts_fit, x_sampler,
                                          init, method, n0, n_starts, rbar, kind)
     fit_model = MoE(model.gate, model.expert, k_fit, joint=model.joint)
+    if translation is None:
+        translation = "inf" if init == "data" else "gauge"
+    from bayesmoe.metrics import TRANSLATIONS  # noqa: PLC0415
+
+    if translation not in TRANSLATIONS:
+        raise ValueError(f"`translation` must be one of {TRANSLATIONS} or None, got {translation!r}")
     max_steps = int(max_steps if max_steps is not None else (2000 if method == "em" else 500))
     max_steps = check_positive_int(max_steps, "max_steps")
     dtype = jnp.result_type(float)

@@ -23,19 +23,25 @@ def main(argv=None):
     ap.add_argument("--threshold", type=float, default=3.0)
     args = ap.parse_args(argv)
     total: dict[str, float] = defaultdict(float)
+    setup: dict[str, float] = defaultdict(float)
     for log in args.logs:
         per: dict[str, float] = defaultdict(float)
         for ln in log.read_text().splitlines():
             m = LINE.match(ln)
             if m:
                 per[m.group(3)] += float(m.group(1))
+                if m.group(2) == "setup":
+                    setup[m.group(3)] = max(setup[m.group(3)], float(m.group(1)))
         for k, v in per.items():
             total[k] = max(total[k], v)
     slow = sorted((k for k, v in total.items() if v >= args.threshold), key=lambda k: -total[k])
     out = Path(__file__).with_name("slow_tests.txt")
+    # "setup" marks tests whose cost is a shared (module/session) fixture: conftest then marks every
+    # test of the module that uses that fixture
     out.write_text(f"# tests marked slow (setup + call >= {args.threshold:.1f} s in a measured run); "
                    "regenerate: python tests/_slow_list.py LOG\n"
-                   + "".join(f"{k}  # {total[k]:.1f} s\n" for k in slow))
+                   + "".join(f"{k}  # {total[k]:.1f} s" + (" setup" if setup[k] >= args.threshold else "")
+                             + "\n" for k in slow))
     kept = sum(v for k, v in total.items() if k not in slow)
     print(f"{len(slow)} slow tests ({sum(total[k] for k in slow):.0f} s); the rest: {kept:.0f} s")
 

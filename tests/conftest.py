@@ -23,15 +23,30 @@ def rng():
 _SLOW_LIST = os.path.join(os.path.dirname(__file__), "slow_tests.txt")
 
 
-def _slow_ids() -> set[str]:
-    if not os.path.exists(_SLOW_LIST):
-        return set()
-    with open(_SLOW_LIST) as fh:
-        return {ln.split("#")[0].strip() for ln in fh if ln.split("#")[0].strip()}
+def _slow_ids() -> tuple[set[str], set[str]]:
+    """(slow node ids, those whose cost was a fixture's setup)."""
+    slow, by_setup = set(), set()
+    if os.path.exists(_SLOW_LIST):
+        with open(_SLOW_LIST) as fh:
+            for ln in fh:
+                node = ln.split("#")[0].strip()
+                if node:
+                    slow.add(node)
+                    if ln.rstrip().endswith(" setup"):
+                        by_setup.add(node)
+    return slow, by_setup
 
 
 def pytest_collection_modifyitems(config, items):
-    slow = _slow_ids()
+    slow, by_setup = _slow_ids()
+    shared = set()  # (module, fixture) of the costly shared fixtures
     for item in items:
-        if item.nodeid in slow or item.nodeid.split("[")[0] in slow:
+        if item.nodeid in by_setup:
+            for name, defs in item._fixtureinfo.name2fixturedefs.items():
+                if defs and defs[-1].scope != "function":
+                    shared.add((item.nodeid.split("::")[0], name))
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        if (item.nodeid in slow or item.nodeid.split("[")[0] in slow
+                or any((module, name) in shared for name in item.fixturenames)):
             item.add_marker(pytest.mark.slow)
