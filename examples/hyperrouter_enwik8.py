@@ -26,6 +26,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
@@ -62,24 +63,62 @@ def build_model(cfg: dict, router: str, vocab_size: int, seed: int) -> Transform
                          rngs=nnx.Rngs(seed), **m)
 
 
+def logit_sd(model: TransformerXL, n_tokens: int = 4096) -> list[float]:
+    """Per MoE layer, the sd of the router logits for N(0, I_d) tokens (the logit-scale
+    diagnostic: post-LN blocks feed the router unit-variance tokens)."""
+    x = jax.random.normal(jax.random.key(12345), (n_tokens, model.d_model))
+    return [float(jnp.std(m.router(x))) for m in model.moe_layers()]
+
+
 def run_one(cfg, router, seed, train_ids, valid_ids, test_ids, vocab_size, out, progress):
     model = build_model(cfg, router, vocab_size, seed)
+    sd_init = logit_sd(model)
     tcfg = XLTrainConfig(**cfg["train"], seed=seed, progress=progress,
                          checkpoint_dir=str((out / "ckpt" / f"{router}_s{seed}").absolute()))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = train_xl(model, train_ids, tcfg, valid_data=valid_ids)
-    train_s = time.perf_counter() - t0
+    train_s, train_cpu = time.perf_counter() - t0, time.process_time() - c0
     t = cfg["train"]
     eval_mem = t["eval_mem_len"] or model.mem_len + t["tgt_len"] - t["eval_tgt_len"]
+    t0, c0 = time.perf_counter(), time.process_time()
     ev = evaluate_xl_bpc(model, test_ids, cfg["eval_ks"], tgt_len=t["eval_tgt_len"],
                          mem_len=eval_mem, batch_size=t["eval_batch_size"],
-                         max_tokens=t["eval_max_tokens"])
+                         max_tokens=cfg.get("test_max_tokens", t["eval_max_tokens"]))
+    test_s, test_cpu = time.perf_counter() - t0, time.process_time() - c0
     routers = nnx.state(nnx.List([mm.router for mm in model.moe_layers()]), nnx.Param)
     n_router = sum(int(np.prod(v.shape)) for _, v in nnx.to_flat_state(routers))
     return {"router": router, "seed": seed, "train_seconds": train_s,
+            "train_cpu_seconds": train_cpu, "test_seconds": test_s, "test_cpu_seconds": test_cpu,
+            "logit_sd_init": sd_init, "logit_sd_best": logit_sd(model),
             "history": res["history"], "valid": res["valid"], "best_step": res["best_step"],
             "best_valid_bpc": res["best_valid_bpc"], "test": ev,
             "trainable_router_params": n_router}
+
+
+def layer_table(results: list[dict], k: int) -> str:
+    """Per router and layer: test router entropy at ``k`` and the router logit sd for
+    N(0, I) tokens at initialisation and in the best-validation state (mean ± std over
+    seeds), plus the best-validation step and the training time per run."""
+    lines = [f"| router | layer | entropy k={k} | logit sd, init | logit sd, best state |",
+             "|---|---|---|---|---|"]
+    for router in dict.fromkeys(r["router"] for r in results):
+        rs = [r for r in results if r["router"] == router]
+        ent = np.array([r["test"]["layer_entropy"][str(k)] if str(k) in r["test"]["layer_entropy"]
+                        else r["test"]["layer_entropy"][k] for r in rs])
+        sd0 = np.array([r["logit_sd_init"] for r in rs])
+        sd1 = np.array([r["logit_sd_best"] for r in rs])
+        for layer in range(ent.shape[1]):
+            lines.append(f"| {ROUTERS[router]} | {layer} | {ent[:, layer].mean():.3f} ± "
+                         f"{ent[:, layer].std():.3f} | {sd0[:, layer].mean():.3f} | "
+                         f"{sd1[:, layer].mean():.3f} ± {sd1[:, layer].std():.3f} |")
+    lines += ["", "| router | seed | best step | best valid BPC | train s (CPU s) | test s |",
+              "|---|---|---|---|---|---|"]
+    for r in results:
+        lines.append(f"| {ROUTERS[r['router']]} | {r['seed']} | {r['best_step']} | "
+                     f"{r['best_valid_bpc']:.3f} | {r['train_seconds']:.0f} "
+                     f"({r.get('train_cpu_seconds', float('nan')):.0f}) | "
+                     f"{r.get('test_seconds', float('nan')):.0f} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> dict:
@@ -102,7 +141,9 @@ def main(argv=None) -> dict:
             r = run_one(cfg, router, seed, train_ids, valid_ids, test_ids, len(vocab), args.out,
                         not args.no_progress)
             r["meta"] = meta
-            print(f"   train {r['train_seconds']:.0f}s, best valid BPC {r['best_valid_bpc']:.3f}"
+            print(f"   train {r['train_seconds']:.0f}s (CPU {r['train_cpu_seconds']:.0f}s), "
+                  f"test {r['test_seconds']:.0f}s (CPU {r['test_cpu_seconds']:.0f}s), "
+                  f"best valid BPC {r['best_valid_bpc']:.3f}"
                   f" at step {r['best_step']}, test BPC {r['test']['bpc']}", flush=True)
             path.write_text(json.dumps(r, indent=1))
     results = [json.loads(p.read_text()) for p in sorted(run_dir.glob("*_s*.json"))]
@@ -111,7 +152,7 @@ def main(argv=None) -> dict:
     if not results:
         return {"runs": [], "summary": {}}
     summary = summarize(results, cfg["eval_ks"])
-    tab = table(summary, cfg["eval_ks"])
+    tab = table(summary, cfg["eval_ks"]) + "\n\n" + layer_table(results, cfg["eval_ks"][-1])
     (args.out / "table.md").write_text(tab + "\n")
     print(tab)
     plot(summary, cfg["eval_ks"], cfg["model"]["n_experts"], args.out / "hyperrouter_bpc.png")
