@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 SHELL := /bin/bash
 
-.PHONY: venv test test-fast docs demo lint clean
+.PHONY: venv test test-nn test-stats test-fast docs demo lint clean
 
 # Find the newest Python >= 3.12: plain names first, then pyenv's own versions.
 define FIND_PYTHON
@@ -40,9 +40,16 @@ PYTEST_WORKERS ?= 2
 STATS_A := $(sort $(wildcard tests/test_[a-l]*.py))
 STATS_B := $(sort $(wildcard tests/test_[m-z]*.py))
 PYTEST_STATS := MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10
+# tests/nn (one process, which leaves part of the second core idle) runs beside the statistical halves;
+# make prints each part's output when it ends (--output-sync) and fails if any part fails.
 test: venv
 	$(VENV)/bin/ruff check bayesmoe tests examples benchmarks docs
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-nn test-stats
+
+test-nn: venv
 	MPLBACKEND=Agg $(PY) -m pytest -q tests/nn
+
+test-stats: venv
 	$(PYTEST_STATS) $(STATS_A)
 	$(PYTEST_STATS) $(STATS_B)
 

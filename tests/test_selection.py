@@ -167,7 +167,7 @@ def test_loo_table_names_models_by_k():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         res = bm.select_n_experts(_make, x, y, [1, 2], "loo", seed=1, n_starts=2, progress_bar=False,
-                                  sample_kwargs={"num_chains": 1, "num_warmup": 150, "num_samples": 150,
+                                  sample_kwargs={"num_chains": 1, "num_warmup": 300, "num_samples": 150,
                                                  "quiet": True, "relabel": False,
                                                  "posterior_predictive": False})
     assert sorted(res.compare.index) == ["1", "2"]
