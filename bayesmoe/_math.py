@@ -65,6 +65,12 @@ def polynomial_features(x: jnp.ndarray, degree: int) -> jnp.ndarray:
     return xp.stack(cols, axis=1)
 
 
+def expert_affine(f: jnp.ndarray, coef: jnp.ndarray, intercept: jnp.ndarray) -> jnp.ndarray:
+    r""":math:`b_{km} + a_{km}^\top f_i` for regressors f (n, p), coef (K, m, p), intercept (K, m): shape
+    (n, K, m) (class logits of multinomial experts, means of multivariate experts)."""
+    return jnp.einsum("np,kmp->nkm", f, jnp.asarray(coef)) + jnp.asarray(intercept)
+
+
 def with_intercept(f: jnp.ndarray) -> jnp.ndarray:
     """The design ``[1, f]`` of regressors f (n, p): shape (n, p + 1)."""
     return jnp.concatenate([jnp.ones((f.shape[0], 1), f.dtype), f], axis=1)

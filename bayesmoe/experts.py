@@ -503,9 +503,7 @@ class Categorical(_Polynomial, Expert):
         :param params: the family's parameters keyed by site name (expert axis K first).
         :param x: inputs (n, d).
         """
-        f = self.features(x)
-        return (jnp.einsum("np,kcp->nkc", f, jnp.asarray(params["expert_coef"]))
-                + jnp.asarray(params["expert_intercept"]))
+        return _math.expert_affine(self.features(x), params["expert_coef"], params["expert_intercept"])
 
     def probs(self, params: Params, x: jnp.ndarray) -> jnp.ndarray:
         """Class probabilities of every expert (n, K, C).
@@ -753,9 +751,7 @@ class MultivariateGaussian(_Polynomial, Expert):
         :param params: the family's parameters keyed by site name (expert axis K first).
         :param x: inputs (n, d).
         """
-        f = self.features(x)
-        return (jnp.einsum("np,kqp->nkq", f, jnp.asarray(params["expert_coef"]))
-                + jnp.asarray(params["expert_intercept"]))
+        return _math.expert_affine(self.features(x), params["expert_coef"], params["expert_intercept"])
 
     def component(self, params: Params, x: jnp.ndarray) -> dist.Distribution:
         """The K expert distributions of every observation: a MultivariateNormal of batch shape (n, K)
