@@ -224,20 +224,15 @@ def run(objective: Objective, u0: dict, data: tuple, *, method: str, max_steps: 
     return state._replace(u={k: np.asarray(v) / np.asarray(state.scale[k]) for k, v in state.u.items()})
 
 
-def _values(objective: Objective, u, data) -> dict:
-    x, y, kwargs, floors = data
-    theta = obj.constrain(objective.transforms(x, y, kwargs, floors), u)
+def _values(objective: Objective, theta, data) -> dict:
+    """Latent and deterministic site values at sample-site values ``theta`` (for an ``MoE``, the
+    user-facing sites only: full rows, no free duplicates)."""
+    x, y, kwargs, _ = data
     values = obj.all_values(objective.model, theta, (x, y), kwargs)
-    if isinstance(objective.model, MoE):  # the user-facing sites: full rows, no free duplicates
+    if isinstance(objective.model, MoE):
         names = objective.model.site_names(x.shape[1])
         values = {k: v for k, v in values.items() if k in names}
     return values
-
-
-@partial(jax.jit, static_argnames=("objective",))
-def site_values(objective: Objective, u, data) -> dict:
-    """Latent and deterministic site values at every start (leading start axis), compiled."""
-    return jax.vmap(lambda v: _values(objective, v, data))(u)
 
 
 def _theta(objective: Objective, point, data, space: str) -> dict:
@@ -258,11 +253,9 @@ def summary(objective: Objective, point, data, space: str = "u"):
     theta = _theta(objective, point, data, space)
     ll = obj.log_joint(objective.model, theta, (x, y), kwargs, False)
     lpost = obj.log_joint(objective.model, theta, (x, y), kwargs, True)
-    values = obj.all_values(objective.model, theta, (x, y), kwargs)
+    values = _values(objective, theta, data)
     resp = None
-    if isinstance(objective.model, MoE):  # the user-facing sites: full rows, no free duplicates
-        names = objective.model.site_names(x.shape[1])
-        values = {k: v for k, v in values.items() if k in names}
+    if isinstance(objective.model, MoE):
         resp = objective.model.responsibilities(values, x, y)
     return ll, lpost, values, resp
 
@@ -312,5 +305,5 @@ def start_points(objective: Objective, data, weights, init, seed, jitter, jitter
     keys = jax.random.split(jax.random.key(seed), len(u))
     u = {k: v + jitter * jitter_mask.reshape((-1,) + (1,) * (v.ndim - 1))
          * jax.random.normal(kk, v.shape, v.dtype) for (k, v), kk in zip(u.items(), keys, strict=True)}
-    full = jax.vmap(lambda v: _values(objective, v, data))(u)
+    full = jax.vmap(lambda v: _values(objective, obj.constrain(tfs, v), data))(u)
     return u, full
