@@ -48,8 +48,14 @@ for ``covariance="diag"``; plus the squared floors on the diagonal for ``"full"`
 the standard deviation of the variable it bounds (y for expert scales, each x column for gate scales).
 
 **Stopping**: the relative change :math:`|\ell_t - \ell_{t-1}| \le \mathrm{tol}\,|\ell_{t-1}|`
- or ``max_steps`` M-steps. An expert whose total responsibility :math:`r_k` is
-below :math:`n\epsilon` keeps its previous parameters (its M-step is undefined). If an update produces a
+ or ``max_steps`` M-steps. The change is summed row by row,
+:math:`\ell_t - \ell_{t-1} = \sum_i (\ell_{t,i} - \ell_{t-1,i})` (plus the change of the penalty), not
+taken as the difference of the two sums: in float32 the difference of two sums of n terms is rounded to
+about :math:`10^{-7}|\ell|`, so it reads exactly 0 while the parameters still move along the
+likelihood's flattest direction, and EM stopped there, at a step that depends on the order of the sums
+(1 device against several). Summed row by row it is 0 only at a fixed point of the float arithmetic.
+An expert whose total responsibility :math:`r_k` is below :math:`n\epsilon` keeps its previous
+parameters (its M-step is undefined). If an update produces a
 non-finite log-likelihood the previous parameters are kept and the chain stops (``converged=False``).
 
 The maximised likelihood is the plain (unpenalised) likelihood: the model's priors are ignored. The
@@ -100,7 +106,9 @@ class EMState(NamedTuple):
 
     params: Params
     resp: jnp.ndarray       # (n, K) responsibilities at params
-    ll: jnp.ndarray         # observed-data log-likelihood at params
+    ll: jnp.ndarray         # observed-data log-likelihood at params (the objective, with a penalty)
+    lli: jnp.ndarray        # (n,) pointwise log-likelihoods at params (0 on padding rows)
+    pen: jnp.ndarray        # the penalty terms of the objective at params (0 without a penalty)
     step: jnp.ndarray
     converged: jnp.ndarray
     failed: jnp.ndarray
@@ -123,30 +131,31 @@ class EMProblem(NamedTuple):
 
 
 def _estep(model, params, pb: EMProblem):
-    """Responsibilities (n, K) and the observed-data log-likelihood (scalar). Rows of weight
-    ``w = 0`` get zero responsibilities and add 0. With a penalty, the log-likelihood is the penalised
-    objective (minus n times the penalty, plus the log prior for MAP; n the number of real rows)."""
+    """Responsibilities (n, K), the pointwise log-likelihoods (n,) and the penalty terms (a scalar; 0
+    without a penalty); the objective is ``sum(lli) + pen``. Rows of weight ``w = 0`` get zero
+    responsibilities and add 0. With a penalty, ``pen`` is minus n times the penalty, plus the log prior
+    for MAP (n the number of real rows)."""
     lj = model.log_joint_terms(params, pb.x, pb.y)
     lli = logsumexp(lj, axis=-1)
     r = jnp.exp(lj - lli[:, None])
-    if pb.w is None:
-        ll = jnp.sum(lli)
-    else:
-        r, ll = jnp.where(pb.w[:, None], r, 0.0), jnp.sum(jnp.where(pb.w, lli, 0.0))
+    if pb.w is not None:
+        r, lli = jnp.where(pb.w[:, None], r, 0.0), jnp.where(pb.w, lli, 0.0)
+    pen = jnp.zeros((), lli.dtype)
     if pb.penalty is not None:
         n = pb.x.shape[0] if pb.w is None else jnp.sum(pb.w)
-        ll = ll + _penalties.objective_terms(model, params, pb.x, pb.penalty, n=n)
-    return r, ll
+        pen = _penalties.objective_terms(model, params, pb.x, pb.penalty, n=n)
+    return r, lli, pen
 
 
 def init(model, params: Params, pb: EMProblem, trace_len: int = 0) -> EMState:
     """The EM state at ``params`` (one E-step)."""
-    r, ll = _estep(model, params, pb)
+    r, lli, pen = _estep(model, params, pb)
+    ll = jnp.sum(lli) + pen
     trace = None
     if trace_len:
         trace = jnp.full((trace_len,), jnp.nan, pb.x.dtype).at[0].set(ll)
-    return EMState(params, r, ll, jnp.asarray(0, jnp.int32), jnp.asarray(False), ~jnp.isfinite(ll),
-                   trace)
+    return EMState(params, r, ll, lli, pen, jnp.asarray(0, jnp.int32), jnp.asarray(False),
+                   ~jnp.isfinite(ll), trace)
 
 
 def step(model, state: EMState, pb: EMProblem) -> EMState:
@@ -159,16 +168,19 @@ def step(model, state: EMState, pb: EMProblem) -> EMState:
         new = _penalties.em_update(model, state.params, state.resp, pb.x, pb.y, pb.floors, pb.cache,
                                    pb.penalty)
     new = {k: new[k] for k in state.params}  # the state's sites (M-steps may add derived ones)
-    r_new, ll_new = _estep(model, new, pb)
+    r_new, lli_new, pen_new = _estep(model, new, pb)
+    ll_new = jnp.sum(lli_new) + pen_new
     ok = jnp.isfinite(ll_new)
     keep = lambda a, b: jnp.where(ok, a, b)
     params = jax.tree.map(keep, new, state.params)
-    conv = ok & (jnp.abs(ll_new - state.ll) <= pb.tol * jnp.abs(state.ll))
+    change = jnp.sum(lli_new - state.lli) + (pen_new - state.pen)  # row by row: see "Stopping"
+    conv = ok & (jnp.abs(change) <= pb.tol * jnp.abs(state.ll))
     n = state.step + 1
     tr = state.trace
     if tr is not None:
         tr = tr.at[n].set(jnp.where(ok, ll_new, jnp.nan))
-    return EMState(params, keep(r_new, state.resp), keep(ll_new, state.ll), n, conv, ~ok, tr)
+    return EMState(params, keep(r_new, state.resp), keep(ll_new, state.ll), keep(lli_new, state.lli),
+                   keep(pen_new, state.pen), n, conv, ~ok, tr)
 
 
 def _fit_one(model, params, pb: EMProblem, max_steps, trace_len):
