@@ -37,6 +37,17 @@ def test_equal_model_and_one_more_row_compile_no_new_loop(method):
         np.testing.assert_allclose(f.log_likelihood, ll, rtol=1e-5)
 
 
+def test_later_chunks_of_the_loop_reuse_the_first_chunks_program():
+    # the loop runs in chunks of steps; optax's line-search state starts weakly typed, and a loop state
+    # whose types changed after the first chunk compiled the chunk a second time (issue 7: 3.5 s)
+    x, y = _data(257, seed=4)
+    model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), n_experts=3)
+    before = _optimize._run_chunk._cache_size()
+    fit = bm.fit_mle(model, x, y, method="lbfgs", n_starts=2, seed=3, max_steps=400, tol=1e-30)
+    assert fit.n_steps > 50  # more than one chunk of 50 steps ran
+    assert _optimize._run_chunk._cache_size() == before + 1
+
+
 def test_size_buckets():
     sizes = {n: _sharding.padded_size(n, 1, bucket=True) for n in (1, 15, 16, 17, 150, 300, 301, 1000,
                                                                     1001, 10_000)}

@@ -137,7 +137,10 @@ def _init(objective, method, learning_rate, precondition, u0, scale, data) -> Op
                  else jax.tree.map(jnp.ones_like, u0))
     values = jax.vmap(lambda u: objective(u, *data))(u0)
     v0 = jax.tree.map(jnp.multiply, u0, scale)
-    return OptState(v0, jax.vmap(opt.init)(v0), values, jnp.zeros(S, jnp.int32),
+    # strong types: optax's line-search state starts with weakly typed scalars that the loop returns
+    # strongly typed, and a second chunk would then compile a second program
+    opt_state = jax.tree.map(lambda a: jax.lax.convert_element_type(a, a.dtype), jax.vmap(opt.init)(v0))
+    return OptState(v0, opt_state, values, jnp.zeros(S, jnp.int32),
                     jnp.zeros(S, jnp.int32), ~jnp.isfinite(values), jnp.full(S, jnp.inf, values.dtype),
                     scale)
 
