@@ -35,12 +35,11 @@ venv: $(VENV)/.installed
 # The Flax layer's tests and the statistical tests run in separate processes, the statistical ones in
 # two halves: long processes that compiled many programs hit crashes inside XLA (see
 # docs/performance.md), so no process lives through the whole suite. Each half runs on two pytest-xdist
-# workers (one per core on CI): whole files per worker, except the docs pages and the examples, one
-# group each (xdist_group marks set in tests/conftest.py).
+# workers (one per core on CI; whole files per worker).
 PYTEST_WORKERS ?= 2
 STATS_A := $(sort $(wildcard tests/test_[a-l]*.py))
 STATS_B := $(sort $(wildcard tests/test_[m-z]*.py))
-PYTEST_STATS := MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=10
+PYTEST_STATS := MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10
 # tests/nn (one process, which leaves part of the second core idle) runs beside the statistical halves;
 # make prints each part's output when it ends (--output-sync) and fails if any part fails.
 test: venv

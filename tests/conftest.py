@@ -38,11 +38,6 @@ def _slow_ids() -> tuple[set[str], set[str]]:
 
 
 def pytest_collection_modifyitems(config, items):
-    _mark_slow(items)
-    _group_for_xdist(items)
-
-
-def _mark_slow(items):
     slow, by_setup = _slow_ids()
     shared = set()  # (module, fixture) of the costly shared fixtures
     for item in items:
@@ -55,18 +50,3 @@ def _mark_slow(items):
         if (item.nodeid in slow or item.nodeid.split("[")[0] in slow
                 or any((module, name) in shared for name in item.fixturenames)):
             item.add_marker(pytest.mark.slow)
-
-
-# ----------------------------------------------------------------------------- xdist distribution
-# `make test` runs pytest-xdist with --dist loadgroup: every test file is one group (its module fixtures,
-# and the compiled programs its tests share, stay in one worker, as with --dist loadfile), except the
-# files that run the docs pages and the examples, whose every page is a group of its own (one file of
-# 6-7 minutes of CPU would otherwise hold one worker while the other idles).
-_SPLIT_FILES = {"tests/test_docs_examples.py", "tests/test_examples.py"}
-
-
-def _group_for_xdist(items):
-    for item in items:
-        module = item.nodeid.split("::")[0]
-        group = item.nodeid if module in _SPLIT_FILES else module
-        item.add_marker(pytest.mark.xdist_group(group))
