@@ -137,9 +137,12 @@ def _init(objective, method, learning_rate, precondition, u0, scale, data) -> Op
                  else jax.tree.map(jnp.ones_like, u0))
     values = jax.vmap(lambda u: objective(u, *data))(u0)
     v0 = jax.tree.map(jnp.multiply, u0, scale)
-    # strong types: optax's line-search state starts with weakly typed scalars that the loop returns
-    # strongly typed, and a second chunk would then compile a second program
-    opt_state = jax.tree.map(lambda a: jax.lax.convert_element_type(a, a.dtype), jax.vmap(opt.init)(v0))
+    # the optimiser works on one flat vector per start (ravel_pytree): its state and its tree
+    # operations are then single arrays, which makes the loop's program smaller than on a dict of sites.
+    # Strong types: optax's line-search state starts with weakly typed scalars that the loop returns
+    # strongly typed, and a second chunk would then compile a second program.
+    opt_state = jax.vmap(lambda v: opt.init(ravel_pytree(v)[0]))(v0)
+    opt_state = jax.tree.map(lambda a: jax.lax.convert_element_type(a, a.dtype), opt_state)
     return OptState(v0, opt_state, values, jnp.zeros(S, jnp.int32),
                     jnp.zeros(S, jnp.int32), ~jnp.isfinite(values), jnp.full(S, jnp.inf, values.dtype),
                     scale)
@@ -150,17 +153,19 @@ def _init(objective, method, learning_rate, precondition, u0, scale, data) -> Op
 def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, dtol, s: OptState,
                data) -> OptState:
     opt = _optimizer(method, learning_rate)
+    unravel = ravel_pytree(jax.tree.map(lambda a: a[0], s.u))[1]
+    flat = lambda tree: ravel_pytree(tree)[0]
 
-    def one_step(s: OptState) -> OptState:
-        fn = lambda v: objective(jax.tree.map(jnp.divide, v, s.scale), *data)
+    def one_step(s: OptState) -> OptState:  # one start; s.u and s.scale flat vectors
+        fn = lambda v: objective(unravel(v / s.scale), *data)
         if method == "lbfgs":
             value, grad = optax.value_and_grad_from_state(fn)(s.u, state=s.opt)
             updates, new_opt = opt.update(grad, s.opt, s.u, value=value, grad=grad, value_fn=fn)
         else:
             value, grad = jax.value_and_grad(fn)(s.u)
             updates, new_opt = opt.update(grad, s.opt, s.u)
-        new_u = optax.apply_updates(s.u, updates)
-        gmax = jnp.max(jnp.stack([jnp.max(jnp.abs(g)) for g in jax.tree.leaves(grad)]))
+        new_u = s.u + updates
+        gmax = jnp.max(jnp.abs(grad))
         finite = jnp.isfinite(value)
         decrease = s.value - value
         negligible = jnp.abs(decrease) <= tol * (1.0 + jnp.abs(value))
@@ -168,8 +173,7 @@ def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, dt
             # Newton decrement of the total objective, -n g.d, with d the quasi-Newton step taken:
             # invariant to affine reparametrisation (units, standardisation), unlike |g| or |f|
             n_obs = objective.rows(data[0], data[2])
-            dec = -n_obs * sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grad),
-                                                              jax.tree.leaves(updates), strict=True))
+            dec = -n_obs * jnp.vdot(grad, updates)
             negligible = negligible | (jnp.abs(dec) <= dtol)
         small = jnp.where(negligible, s.small + 1, 0)
         done = (small >= 2) | ~finite | ((gmax <= gtol) & (small >= 1))
@@ -188,7 +192,9 @@ def _run_chunk(objective, method, learning_rate, chunk, max_steps, tol, gtol, dt
         s, j = c
         return (j < chunk) & ~jnp.all(s.done | (s.steps >= max_steps))
 
-    return jax.lax.while_loop(cond, body, (s, 0))[0]
+    sf = s._replace(u=jax.vmap(flat)(s.u), scale=jax.vmap(flat)(s.scale))
+    out = jax.lax.while_loop(cond, body, (sf, 0))[0]
+    return out._replace(u=jax.vmap(unravel)(out.u), scale=s.scale)
 
 
 @partial(jax.jit, static_argnames=("objective",))
