@@ -30,6 +30,8 @@ a and b (r/2; arXiv 2310.14188, the standard form). Gaussian gates (arXiv 2305.0
 experts (blocks A, b, :math:`\nu`) the slope block A has the fixed exponent 2 in over-fitted cells of true
 atoms with :math:`c^*_j \ne 0` (regime 1) and :math:`\tilde r/2` (:math:`\tilde r = \bar r`) where
 :math:`c^*_j = 0` (regime 2): the gate's ``voronoi_cell_orders`` hook sets exponents per true atom.
+A caller's ``orders`` replaces the exponents of named blocks in every over-fitted cell (e.g. 2 on every
+block: the loss of a strongly identifiable model, one loss in which two gates can be compared).
 
 Softmax gates are identifiable only up to a common translation of their rows: ``translation="gauge"``
 compares both measures in the reference gauge (the last expert's row zero, as the published code does);

@@ -15,6 +15,10 @@ intercepts run off (losses of 1e3 and more), which says nothing about rates.
 The slopes carry two standard errors: the OLS one over the grid points and a bootstrap one over the
 replications (resampled with replacement); the gates' difference is judged by the latter.
 
+``--split sloped`` splits the slope-3 expert instead (the vanishing-slope expert becomes the gate's
+reference atom): there the softmax gate's interaction d2u/(dbeta1 db) = du/da exists without the flat
+family of the vanishing-slope split (docs/theory.md).
+
 Over-fits also report, minimised over the gate translation, the families' D2 and a **common** loss with
 exponent 2 on every block (beta1, a, b) of an over-fitted cell for both gates (``--loss common`` makes it
 the loss of the main slope): the modified gate's loss, a strongly identifiable model's, in which the
