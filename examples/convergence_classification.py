@@ -171,7 +171,8 @@ def main(argv=None):
                          "init": args.init, "starts": args.starts, "translation": args.translation,
                          "loss_name": args.loss, "tol": args.tol, "method": args.method,
                          "losses_translation_inf": other, "loss": ds["loss"].values.tolist(),
-                         "converged": float(ds["converged"].mean()),
+                         "converged": float(ds["converged"].mean()), "n_steps": ds["n_steps"].values.tolist(),
+                         "log_likelihood": ds["log_likelihood"].values.tolist(),
                          "steps_at_cap": float((ds["n_steps"] >= args.max_steps).mean()), "seconds": secs}
         kind = "D1" if args.k == len(TRUTH["gate_intercept"]) else "D2" if args.loss == "d2" else "common"
         print(f"{name:14s} K={args.k}: {kind} slope {float(ds['slope']):.3f} ± {float(ds['slope_se']):.3f} "
@@ -179,6 +180,8 @@ def main(argv=None):
               f"{summary[name]['median_slope']:.3f}), mean loss at n={grid[-1]}: "
               f"{float(ds['mean_loss'][-1]):.4g} ({reps} replications, {args.init} starts x {args.starts}, "
               f"{summary[name]['steps_at_cap']:.0%} at the step cap, {secs:.0f} s)")
+        print(f"    fitting steps per n (min / median / max): "
+              f"{[(int(v.min()), int(np.median(v)), int(v.max())) for v in ds['n_steps'].values]}")
         for b, r in cells.items():
             print(f"    split cell |d {b}|: slope {r['slope']:.3f}, mean {np.round(r['mean'], 4).tolist()}")
         for lname, r in other.items():
