@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from bayesmoe._random import as_key, seed_int
 from bayesmoe._validation import check_positive_int
 from bayesmoe.inference import em as _em
-from bayesmoe.metrics import _input_dim, _rbar_table, voronoi_loss
+from bayesmoe.metrics import _check_orders, _input_dim, _rbar_table, voronoi_loss
 from bayesmoe.model import MoE
 
 __all__ = ["convergence_rate", "loglog_slope", "near_true_starts", "plot_convergence"]
@@ -165,13 +165,15 @@ def _lbfgs_reps(model, x, y, starts, floors, max_steps, tol):
     return jax.vmap(one)(x, y, starts, floors)
 
 
-@partial(jax.jit, static_argnames=("model", "kind", "translation", "rbar"))
-def _losses(model, params, truth, kind, translation, rbar):
-    """Voronoi losses of stacked params (compiled once per model value, kind, translation and rbar;
-    ``rbar`` a tuple of (cell size, r) pairs, a callable or None)."""
+@partial(jax.jit, static_argnames=("model", "kind", "translation", "rbar", "orders"))
+def _losses(model, params, truth, kind, translation, rbar, orders=None):
+    """Voronoi losses of stacked params (compiled once per model value, kind, translation, rbar and
+    orders; ``rbar`` a tuple of (cell size, r) pairs, a callable or None; ``orders`` a tuple of
+    (block, order) pairs or None)."""
     rb = dict(rbar) if isinstance(rbar, tuple) else rbar
-    return jax.vmap(lambda p: voronoi_loss(model, p, truth, kind=kind, rbar=rb, translation=translation))(
-        params)
+    od = dict(orders) if orders is not None else None
+    return jax.vmap(lambda p: voronoi_loss(model, p, truth, kind=kind, rbar=rb, translation=translation,
+                                           orders=od))(params)
 
 
 @partial(jax.jit, static_argnames=("model",))
@@ -201,7 +203,7 @@ def loglog_slope(n: np.ndarray, loss: np.ndarray) -> tuple[float, float, float]:
 
 # ----------------------------------------------------------------------------- checks
 def _check_args(model, true_params, n_grid, n_reps, n_experts_fit, x_sampler, init, method, n0,
-                n_starts, rbar, kind):
+                n_starts, rbar, kind, orders=None):
     if not isinstance(model, MoE):
         raise ValueError(f"`model` must be a bayesmoe.MoE (the true model), got {type(model).__name__}")
     if not isinstance(true_params, Mapping):
@@ -244,6 +246,7 @@ def _check_args(model, true_params, n_grid, n_reps, n_experts_fit, x_sampler, in
         model.expert.voronoi_atoms(dict(true_params))
     except NotImplementedError as err:
         raise ValueError(f"`model` has no Voronoi loss: {err}") from err
+    _check_orders(model, dict(true_params), orders)
     largest = k_fit - k_true + 1
     if kind != "exact" and largest >= 4 and not np.all(np.isfinite(_rbar_table(rbar, k_fit)[4:largest + 1])):
         raise ValueError(f"`rbar` is required: with {k_fit} fitted and {k_true} true experts a Voronoi cell "
@@ -257,7 +260,8 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
                      init: str = "near_true", method: str = "em", seed: Any = 0, n0: float | None = None,
                      quiet: bool = False, n_starts: int = 1, max_steps: int | None = None,
                      tol: float = 1e-6, scale_floor: float = 1e-3, kind: str = "auto",
-                     rbar: Mapping | Callable | None = None, translation: str | None = None):
+                     rbar: Mapping | Callable | None = None, translation: str | None = None,
+                     orders: Mapping | None = None):
     r"""Voronoi loss of the MLE against n, over replications, and its log-log slope.
 
     :param model: the **true** :class:`~bayesmoe.MoE` (its ``n_experts`` is the true K; ``joint``
@@ -283,6 +287,7 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
     :param translation: its ``translation``; default ``"inf"`` for ``init="data"`` (a fit from the
         data may split the gate's reference atom, which inflates the loss in the reference gauge),
         ``"gauge"`` otherwise.
+    :param orders: its ``orders`` (exponents of blocks in over-fitted cells replacing the families').
     :returns: an ``xarray.Dataset`` with dims ``n`` and ``rep``: ``loss`` (n, rep), ``log_likelihood``,
         ``n_steps``, ``converged``, the fitted params (dims ``n``, ``rep`` and the site's own, the
         expert axis ``expert``), ``mean_loss`` (n) and the scalars ``slope``, ``slope_se``,
@@ -291,7 +296,7 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
     import xarray as xr  # noqa: PLC0415
 
     grid, k_true, k_fit, d = _check_args(model, true_params, n_grid, n_reps, n_experts_fit, x_sampler,
-                                         init, method, n0, n_starts, rbar, kind)
+                                         init, method, n0, n_starts, rbar, kind, orders)
     fit_model = MoE(model.gate, model.expert, k_fit, joint=model.joint)
     if translation is None:
         translation = "inf" if init == "data" else "gauge"
@@ -306,6 +311,7 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
     key = as_key(seed, "seed")
     base_seed = seed_int(seed, "seed")
     rbar_key = tuple(sorted(rbar.items())) if isinstance(rbar, Mapping) else rbar
+    orders_key = None if orders is None else tuple(sorted(dict(orders).items()))
     fit_fn = _em_reps if method == "em" else _lbfgs_reps
     results = []
     bar = tqdm(grid, disable=quiet, desc="convergence_rate", unit="n")
@@ -336,13 +342,13 @@ def convergence_rate(model: MoE, true_params: Mapping, *, n_grid, n_reps: int,
             starts = {k: jnp.stack([s[k] for s in per]) for k in per[0]}
         params, ll, steps, conv = fit_fn(fit_model, xj, yj, starts, floors,
                                          jnp.asarray(max_steps, jnp.int32), jnp.asarray(tol, dtype))
-        loss = _losses(fit_model, params, truth, kind, translation, rbar_key)
+        loss = _losses(fit_model, params, truth, kind, translation, rbar_key, orders_key)
         results.append(({k: np.asarray(v) for k, v in params.items()}, np.asarray(ll), np.asarray(steps),
                         np.asarray(conv), np.asarray(loss)))
     return _dataset(xr, fit_model, d, grid, results, n0, dict(
         init=init, method=method, n_reps=int(n_reps), n_starts=int(n_starts), k_true=k_true, k_fit=k_fit,
-        kind=kind, translation=translation, max_steps=max_steps, tol=float(tol), seed=base_seed,
-        model=repr(model), x64=bool(jax.config.jax_enable_x64)))
+        kind=kind, translation=translation, orders=repr(orders), max_steps=max_steps, tol=float(tol),
+        seed=base_seed, model=repr(model), x64=bool(jax.config.jax_enable_x64)))
 
 
 def _dataset(xr, fit_model, d, grid, results, n0, attrs):

@@ -30,6 +30,8 @@ a and b (r/2; arXiv 2310.14188, the standard form). Gaussian gates (arXiv 2305.0
 experts (blocks A, b, :math:`\nu`) the slope block A has the fixed exponent 2 in over-fitted cells of true
 atoms with :math:`c^*_j \ne 0` (regime 1) and :math:`\tilde r/2` (:math:`\tilde r = \bar r`) where
 :math:`c^*_j = 0` (regime 2): the gate's ``voronoi_cell_orders`` hook sets exponents per true atom.
+A caller's ``orders`` replaces the exponents of named blocks in every over-fitted cell (e.g. 2 on every
+block: the loss of a strongly identifiable model, one loss in which two gates can be compared).
 
 Softmax gates are identifiable only up to a common translation of their rows: ``translation="gauge"``
 compares both measures in the reference gauge (the last expert's row zero, as the published code does);
@@ -49,6 +51,7 @@ import numpy as np
 
 from bayesmoe._kl import Divergence, jensen_kl, kl_conditional  # noqa: F401 -- Monte-Carlo KL (GLoME)
 from bayesmoe._validation import is_traced
+from bayesmoe.family import voronoi_order_pair
 
 __all__ = ["voronoi_cells", "voronoi_loss"]
 
@@ -58,16 +61,18 @@ _RBAR = {2: 4.0, 3: 6.0}
 _INF_STEPS = 120
 
 
-def _measure(model, params: Mapping):
+def _measure(model, params: Mapping, orders: Mapping | None = None):
     params = model.regauge(dict(params))
-    return _measure_raw(model, params)[:2] + (_orders(model, params),)
+    return _measure_raw(model, params)[:2] + (_orders(model, params, orders),)
 
 
-def _orders(model, true: Mapping) -> dict:
-    """``{block: (mult, const)}`` per true atom (arrays (K_true,)): exponent mult * r + const."""
+def _orders(model, true: Mapping, override: Mapping | None = None) -> dict:
+    """``{block: (mult, const)}`` per true atom (arrays (K_true,)): exponent mult * r + const; the
+    blocks named in ``override`` take its orders in every cell."""
     base = {**model.gate.voronoi_orders(), **model.expert.voronoi_orders()}
     k_true = jnp.shape(model.gate.voronoi_weights(true))[-1]
     pairs = model.gate.voronoi_cell_orders(true, base)
+    pairs.update({k: voronoi_order_pair(v) for k, v in (override or {}).items()})
     return {k: tuple(jnp.broadcast_to(jnp.asarray(v, jnp.result_type(float)), (k_true,)) for v in pair)
             for k, pair in pairs.items()}
 
@@ -149,7 +154,8 @@ def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
 
 
 def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: str = "auto",
-                 rbar: Mapping | Callable | None = None, translation: str = "gauge") -> jnp.ndarray:
+                 rbar: Mapping | Callable | None = None, translation: str = "gauge",
+                 orders: Mapping | None = None) -> jnp.ndarray:
     r"""Voronoi loss :math:`D_1` (exact fit) or :math:`D_2` (over-fit) between fitted and true params.
 
     :param model: a :class:`~bayesmoe.MoE` whose families define Voronoi atoms (its ``n_experts`` is
@@ -162,6 +168,10 @@ def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: s
         3 -> 6 are built in). Required when such a cell occurs (or may occur, under ``jit``).
     :param translation: ``"gauge"`` (reference gauge on both sides) or ``"inf"`` (minimised over the
         common translation of the fitted gate).
+    :param orders: exponents of blocks in over-fitted cells that replace the families' own
+        (``{block: "r" | "r/2" | number}``, blocks as in ``voronoi_atoms``, e.g. ``beta1``, ``a``, ``b``;
+        unnamed blocks keep theirs): ``{"beta1": 2, "a": 2, "b": 2}`` is the loss of a strongly
+        identifiable model, exponent 2 on every block, one loss in which two gates can be compared.
     :returns: a scalar.
     """
     if kind not in KINDS:
@@ -171,6 +181,7 @@ def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: s
     if rbar is not None and not (callable(rbar) or isinstance(rbar, Mapping)):
         raise ValueError(f"`rbar` must be a dict {{cell size: r}} or a callable, got {rbar!r}")
     k_fit, k_true = _check(model, fitted_params, true_params)
+    _check_orders(model, fitted_params, orders)
     if kind == "exact" and k_fit != k_true:
         raise ValueError(f"`kind` is 'exact', which needs as many fitted as true experts; got {k_fit} "
                          f"and {k_true}")
@@ -180,11 +191,30 @@ def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: s
         _check_rbar(model, fitted_params, true_params, rtab, k_fit, k_true)
     fitted = _gauged(model, model.regauge(dict(fitted_params)), model.regauge(dict(true_params)))
     fw, fa, _ = _measure_raw(model, fitted)
-    tw, ta, orders = _measure(model, true_params)
-    gauge = _loss(fw, fa, tw, ta, orders, over, rtab)
+    tw, ta, block_orders = _measure(model, true_params, orders)
+    gauge = _loss(fw, fa, tw, ta, block_orders, over, rtab)
     if translation == "gauge":
         return gauge
-    return _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge)
+    return _inf_translation(model, fitted, tw, ta, block_orders, over, rtab, gauge)
+
+
+def _check_orders(model, fitted: Mapping, orders) -> None:
+    """A clear error for ``orders`` that is not a dict of known blocks and valid orders."""
+    if orders is None:
+        return
+    if not isinstance(orders, Mapping):
+        raise ValueError(f"`orders` must be a dict {{block: 'r' | 'r/2' | number}}, got {orders!r}")
+    blocks = set(_measure_raw(model, dict(fitted))[1])
+    for name, spec in orders.items():
+        if name not in blocks:
+            raise ValueError(f"`orders` names block {name!r}, which {model!r} does not have; its blocks are "
+                             f"{sorted(blocks)}")
+        try:
+            voronoi_order_pair(spec)
+        except ValueError as err:
+            raise ValueError(f"`orders`[{name!r}]: {err}") from err
+        if not isinstance(spec, str) and not spec > 0:
+            raise ValueError(f"`orders`[{name!r}] must be positive, got {spec!r}")
 
 
 def _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge):

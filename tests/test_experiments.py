@@ -113,6 +113,8 @@ def test_bad_input_names_the_argument():
         bm.convergence_rate(model, truth, **{**ok, "n_reps": 0})
     with pytest.raises(ValueError, match="`n0`"):
         bm.convergence_rate(model, truth, **ok, n0=150)
+    with pytest.raises(ValueError, match="`orders` names block 'gamma'"):
+        bm.convergence_rate(model, truth, **ok, n_experts_fit=3, orders={"gamma": 2})
     with pytest.raises(ValueError, match="`model`"):
         bm.convergence_rate("moe", truth, **ok)
     assert bm.experiments.convergence_rate is bm.convergence_rate

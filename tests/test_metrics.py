@@ -24,8 +24,10 @@ def _atoms(p, ref=-1):
     return np.exp(b0), blocks
 
 
-def _hand_loss(fitted, true, over, rbar=None):
+def _hand_loss(fitted, true, over, rbar=None, exps=None):
+    """``exps``: a function r -> exponents of (beta1, a, b, sigma^2) in over-fitted cells."""
     rbar = {2: 4, 3: 6, **(rbar or {})}
+    exps = exps or (lambda r: (r, r / 2, r, r / 2))
     tw, tb = _atoms(true)
     # the fitted gauge: the fitted atom closest to the true reference atom in the expert blocks
     _, fb0 = _atoms(fitted)
@@ -42,8 +44,8 @@ def _hand_loss(fitted, true, over, rbar=None):
         for i in members:
             dist = [np.linalg.norm(fb[i][b] - tb[j][b]) for b in range(4)]   # beta1, a, b, sigma^2
             if over and len(members) > 1:
-                r = rbar[len(members)]
-                total += fw[i] * (dist[0] ** r + dist[2] ** r + dist[1] ** (r / 2) + dist[3] ** (r / 2))
+                e = exps(rbar[len(members)])
+                total += fw[i] * sum(dist[b] ** e[b] for b in range(4))
             else:
                 total += fw[i] * sum(dist)
         total += abs(sum(fw[i] for i in members) - tw[j])
@@ -83,6 +85,28 @@ def test_over_fitted_loss_is_the_hand_computation(rng):
         with jax.enable_x64(True):
             got = float(voronoi_loss(model, fitted, TRUE))
         assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_block_orders_replace_the_families_exponents(rng):
+    """``orders`` overrides the exponents of the named blocks in over-fitted cells (a number: fixed;
+    "r/2": half the cell's r); unnamed blocks keep the families' (sigma^2: r/2); singleton cells stay
+    first powers."""
+    model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 3)
+    base = _perturbed(rng, TRUE, 0.05)
+    fitted = {k: np.concatenate([v[:1] + 0.05 * rng.normal(size=np.shape(v[:1])), v])
+              for k, v in base.items()}
+    fitted["expert_scale"] = np.abs(fitted["expert_scale"])
+    with jax.enable_x64(True):
+        for orders, exps, rbar in (({"beta1": 2, "a": 2, "b": 2}, lambda r: (2, 2, 2, r / 2), None),
+                                   ({"b": "r/2", "sigma": 1.5}, lambda r: (r, r / 2, r / 2, 1.5), {2: 3.0})):
+            want, cells = _hand_loss(fitted, TRUE, over=True, rbar=rbar, exps=exps)
+            assert sorted(np.bincount(cells, minlength=2)) == [1, 2]
+            got = float(voronoi_loss(model, fitted, TRUE, orders=orders, rbar=rbar))
+            assert got == pytest.approx(want, rel=1e-9)
+            assert got != pytest.approx(float(voronoi_loss(model, fitted, TRUE, rbar=rbar)), rel=1e-3)
+        exact = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2)
+        assert float(voronoi_loss(exact, base, TRUE, orders={"a": 2})) == pytest.approx(
+            _hand_loss(base, TRUE, over=False)[0], rel=1e-9)
 
 
 def test_loss_is_invariant_to_permuting_fitted_experts(rng):
@@ -159,6 +183,12 @@ def test_bad_input_names_the_argument(rng):
         voronoi_loss(model, fitted, TRUE, kind="exact")
     with pytest.raises(ValueError, match="`translation`"):
         voronoi_loss(model, fitted, TRUE, translation="none")
+    with pytest.raises(ValueError, match="`orders` names block 'gamma'"):
+        voronoi_loss(model, fitted, TRUE, orders={"gamma": 2})
+    with pytest.raises(ValueError, match=r"`orders`\['a'\]"):
+        voronoi_loss(model, fitted, TRUE, orders={"a": "r/3"})
+    with pytest.raises(ValueError, match=r"`orders`\['a'\] must be positive"):
+        voronoi_loss(model, fitted, TRUE, orders={"a": 0})
     poisson = bm.MoE(bm.gates.Softmax(), bm.experts.Poisson(), 2)
     pp = poisson.random_params(rng, 2)
     with pytest.raises(ValueError, match="no Voronoi loss"):
