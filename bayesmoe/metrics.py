@@ -142,7 +142,7 @@ def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
     d_own = jnp.take_along_axis(dist, cell[:, None, None], axis=1)[:, 0, :]   # (Kf, B)
     mass = jnp.sum(jnp.abs(onehot.T @ fw - tw))
     if not over:
-        return jnp.sum(fw * jnp.sum(d_own, axis=-1)) + mass
+        return _inf_if_mass_overflows(fw, jnp.sum(fw * jnp.sum(d_own, axis=-1)) + mass)
     size = jnp.sum(onehot, axis=0)[cell]                   # |A_j| of each fitted atom's cell
     r = jnp.asarray(rtab, fw.dtype)[size.astype(jnp.int32)]
     ones = (jnp.ones(Kt, fw.dtype), jnp.zeros(Kt, fw.dtype))   # undeclared blocks: order r
@@ -150,7 +150,14 @@ def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
     const = jnp.stack([orders.get(name, ones)[1].astype(fw.dtype)[cell] for name in fa], axis=-1)
     powered = d_own ** (r[:, None] * mult + const)         # (Kf, B)
     per_atom = jnp.where(size > 1, jnp.sum(powered, axis=-1), jnp.sum(d_own, axis=-1))
-    return jnp.sum(fw * per_atom) + mass
+    return _inf_if_mass_overflows(fw, jnp.sum(fw * per_atom) + mass)
+
+
+def _inf_if_mass_overflows(fw, loss):
+    """+inf, not NaN, when a fitted mass overflows (softmax masses exp(beta0) above beta0 ~ 709 in
+    float64, 88 in float32): the loss is then larger than the float range, and inf * 0 or inf - inf
+    inside the sum would give NaN."""
+    return jnp.where(jnp.all(jnp.isfinite(fw)), loss, jnp.inf)
 
 
 def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: str = "auto",
@@ -243,8 +250,11 @@ def _inf_translation(model, fitted, tw, ta, orders, over, rtab, gauge):
         values = jax.vmap(lambda mv: loss(t + step * mv))(moves)
         i = jnp.argmin(values)
         better = values[i] < best
+        # while every value so far is +inf (a fitted mass overflows at the gauge), the step doubles
+        # until a translation brings the masses back into range; then the usual halving search
+        shrink = jnp.where(jnp.isinf(best), 2.0, 0.5)
         return (jnp.where(better, t + step * moves[i], t), jnp.where(better, values[i], best),
-                jnp.where(better, step, 0.5 * step))
+                jnp.where(better, step, shrink * step))
 
     t0 = jnp.zeros(dim, dtype)
     _, best, _ = jax.lax.fori_loop(0, _INF_STEPS, body, (t0, jnp.asarray(gauge, dtype),

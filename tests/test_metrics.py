@@ -135,6 +135,23 @@ def test_inf_translation_is_below_gauge_and_translation_invariant(rng):
             assert float(voronoi_loss(model, shifted, TRUE)) == pytest.approx(gauge, rel=1e-9)
 
 
+def test_overflowing_masses_give_inf_not_nan():
+    # a run-off fit: gate intercept 800, mass exp(800) overflows float64
+    model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2)
+    with jax.enable_x64(True):
+        far = {**TRUE, "gate_intercept": np.array([800.0, 0.0])}
+        assert float(voronoi_loss(model, far, TRUE)) == np.inf
+        # minimised over the translation: finite, and equal to that of the same fit translated by
+        # -800 (masses exp(0) and exp(-800), no overflow), whose value is computed from the gauge
+        inf = float(voronoi_loss(model, far, TRUE, translation="inf"))
+        moved = {**far, "gate_intercept": far["gate_intercept"] - 800.0}
+        assert np.isfinite(inf)
+        assert inf == pytest.approx(float(voronoi_loss(model, moved, TRUE, translation="inf")), rel=1e-5)
+        three = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 3)
+        over = {k: np.concatenate([v, v[:1]]) for k, v in far.items()}
+        assert float(voronoi_loss(three, over, TRUE)) == np.inf
+
+
 def test_vmap_and_jit_over_replications(rng):
     model = bm.MoE(bm.gates.Softmax(), bm.experts.Gaussian(), 2)
     reps = [_perturbed(rng, TRUE) for _ in range(4)]
