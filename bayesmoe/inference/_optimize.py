@@ -111,7 +111,7 @@ NEWTON_DECREMENT_TOL = {"float32": 1e-3, "float64": 1e-8}
 
 class OptState(NamedTuple):
     u: dict  # unconstrained parameters (leading start axis)
-    opt: optax.OptState
+    opt: optax.OptState  # of each start's flat vector ravel_pytree(u * scale)
     value: jnp.ndarray  # objective at u
     small: jnp.ndarray  # consecutive steps with a negligible decrease
     steps: jnp.ndarray
