@@ -60,6 +60,28 @@ def check_blocks(blocks: Any, d: int | None = None, name: str = "blocks") -> Blo
     return tuple(sorted(out, key=lambda b: b[0]))
 
 
+def check_covariance(covariance: str, blocks: Any, d: int | None, what: str) -> Blocks | None:
+    """Validate a family's ``covariance`` ("diag", "full" or "block") and ``blocks`` arguments; return
+    the blocks in canonical form (None unless ``covariance="block"``).
+
+    :param covariance: the covariance structure.
+    :param blocks: the block structure (required with, and only with, ``covariance="block"``).
+    :param d: the number of variables the blocks must partition (None: ``0..max index``).
+    :param what: what the blocks partition, for the error message ("features", "outputs").
+    :raises ValueError: naming the argument that is wrong.
+    """
+    if covariance not in ("diag", "full", "block"):
+        raise ValueError(f"`covariance` must be 'diag', 'full' or 'block', got {covariance!r}")
+    if covariance == "block":
+        if blocks is None:
+            raise ValueError(f"`blocks` is required with covariance='block' (a partition of the {what}, "
+                             f"e.g. ((0, 1), (2,)); see bm.selection.detect_blocks)")
+        return check_blocks(blocks, d, "blocks")
+    if blocks is not None:
+        raise ValueError(f"`blocks` is only used with covariance='block', got covariance={covariance!r}")
+    return None
+
+
 def block_dims(blocks: Any) -> int:
     r"""Free entries of one covariance with this block structure: :math:`\sum_g |B_g|(|B_g|+1)/2`.
 

@@ -30,6 +30,7 @@ from numpyro.distributions import constraints
 
 from bayesmoe import _labels, _math
 from bayesmoe import priors as _priors
+from bayesmoe._blocks import check_covariance
 from bayesmoe._solvers import bisect, multinomial_newton, newton_ascent, spd_solve
 from bayesmoe._solvers import weighted_least_squares as _wls
 from bayesmoe._validation import check_positive_int
@@ -621,18 +622,8 @@ class MultivariateGaussian(_Polynomial, Expert):
     def __post_init__(self):
         super().__post_init__()
         check_positive_int(self.n_outputs, "n_outputs")
-        if self.covariance not in ("diag", "full", "block"):
-            raise ValueError(f"`covariance` must be 'diag', 'full' or 'block', got {self.covariance!r}")
-        from bayesmoe._blocks import check_blocks  # noqa: PLC0415
-
-        if self.covariance == "block":
-            if self.blocks is None:
-                raise ValueError("`blocks` is required with covariance='block' (a partition of the "
-                                 "outputs, e.g. ((0, 1), (2,)); see bm.selection.detect_blocks)")
-            object.__setattr__(self, "blocks", check_blocks(self.blocks, self.n_outputs, "blocks"))
-        elif self.blocks is not None:
-            raise ValueError(f"`blocks` is only used with covariance='block', got covariance="
-                             f"{self.covariance!r}")
+        object.__setattr__(self, "blocks", check_covariance(self.covariance, self.blocks, self.n_outputs,
+                                                            "outputs"))
 
     def __repr__(self) -> str:
         extra = f", blocks={self.blocks!r}" if self.covariance == "block" else ""

@@ -27,6 +27,7 @@ from numpyro.distributions import constraints
 
 from bayesmoe import _math
 from bayesmoe import priors as _priors
+from bayesmoe._blocks import check_covariance
 from bayesmoe._solvers import multinomial_newton
 from bayesmoe._validation import check_positive_int
 from bayesmoe.family import REGRESSOR, Gate, Param
@@ -224,18 +225,7 @@ class Gaussian(Gate):
     models_x: ClassVar[bool] = True
 
     def __post_init__(self):
-        if self.covariance not in ("diag", "full", "block"):
-            raise ValueError(f"`covariance` must be 'diag', 'full' or 'block', got {self.covariance!r}")
-        if self.covariance == "block":
-            if self.blocks is None:
-                raise ValueError("`blocks` is required with covariance='block' (a partition of the "
-                                 "features, e.g. ((0, 1), (2,)); see bm.selection.detect_blocks)")
-            from bayesmoe._blocks import check_blocks  # noqa: PLC0415
-
-            object.__setattr__(self, "blocks", check_blocks(self.blocks, None, "blocks"))
-        elif self.blocks is not None:
-            raise ValueError(f"`blocks` is only used with covariance='block', got covariance="
-                             f"{self.covariance!r}")
+        object.__setattr__(self, "blocks", check_covariance(self.covariance, self.blocks, None, "features"))
 
     def __repr__(self) -> str:
         if self.covariance == "block":
