@@ -23,15 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from classification_binned_mle import COMMON, GATES, TRUTH, split_cell  # same directory
 
 import bayesmoe as bm
 from bayesmoe.experiments import near_true_starts
-
-TRUTH = {"gate_intercept": np.array([0.5, 0.0]), "gate_coef": np.array([[2.0], [0.0]]),
-         "expert_intercept": np.array([[-1.0, 0.0], [1.0, 0.0]]),
-         "expert_coef": np.array([[[3.0], [0.0]], [[0.0], [0.0]]])}
-COMMON = {"beta1": 2, "a": 2, "b": 2}
-GATES = {"softmax": bm.gates.Softmax, "tanh": lambda: bm.gates.ModifiedSoftmax("tanh")}
 
 
 def box_fit(model, box, max_iter=4000, tol=1e-13):
@@ -56,20 +51,6 @@ def box_fit(model, box, max_iter=4000, tol=1e-13):
         c = jax.lax.while_loop(lambda c: (c[2] < max_iter) & ~c[4], body, c0)
         return model.complete_params(full(c[0])), -f(c[0]) * x.shape[0], c[2]
     return fit
-
-
-def split_cell(params, j=0):
-    """Largest distance (a, b, beta1) from the fitted atoms in true atom j's cell (nearest in the expert
-    blocks) to atom j, per replication; gate slopes relative to the atom nearest the reference atom."""
-    a = np.asarray(params["expert_coef"])[:, :, 0, 0]
-    b = np.asarray(params["expert_intercept"])[:, :, 0]
-    ta, tb = TRUTH["expert_coef"][:, 0, 0], TRUTH["expert_intercept"][:, 0]
-    ref = (np.abs(a - ta[-1]) + np.abs(b - tb[-1])).argmin(-1)[:, None]
-    beta1 = np.asarray(params["gate_coef"])[:, :, 0]
-    beta1 = beta1 - np.take_along_axis(beta1, ref, -1)
-    cell = (np.abs(a[..., None] - ta) + np.abs(b[..., None] - tb)).argmin(-1) == j
-    return {name: np.where(cell, np.abs(v - t), 0.0).max(-1)
-            for name, v, t in (("a", a, ta[j]), ("b", b, tb[j]), ("beta1", beta1, TRUTH["gate_coef"][j, 0]))}
 
 
 def main(argv=None):
@@ -103,7 +84,7 @@ def main(argv=None):
             loss = np.asarray(loss_fn(params))
             largest = np.max([np.abs(np.asarray(v)).reshape(args.reps, -1).max(1)
                               for v in params.values()], 0)
-            dist = split_cell(params)
+            dist = split_cell(params, TRUTH)
             out[(name, n)] = (loss, dist, largest)
             print(f"{name:8s} n={n}: {time.perf_counter() - t0:.0f} s, L-BFGS iterations "
                   f"{np.asarray(iters).tolist()}\n    largest |parameter| {np.round(largest, 2).tolist()}\n"
