@@ -145,6 +145,31 @@ def slopes(res: dict, rng: np.random.Generator, boot: int = 2000) -> dict:
             "dist_slopes": {k: loglog_slope(n, np.asarray(v).mean(1))[0] for k, v in res["dist"].items()}}
 
 
+def plot_results(results: dict, path, title: str = "", n_from: float = 1e12) -> None:
+    """Mean loss against n on log-log axes for both gates, with the 10-90 % band over replications and a
+    line of slope -1/2 through the softmax gate's mean at the first n >= ``n_from``; written to ``path``."""
+    import matplotlib  # noqa: PLC0415
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for (name, res), color in zip(results.items(), ("C0", "C3"), strict=False):
+        n, loss = np.asarray(res["n"], float), np.asarray(res["loss"])
+        lo, hi = np.quantile(loss, [0.1, 0.9], axis=1)
+        ax.fill_between(n, lo, hi, color=color, alpha=0.15)
+        ax.plot(n, loss.mean(1), "o-", color=color, label=f"{name} gate: mean loss")
+    n, loss = np.asarray(results["softmax"]["n"], float), np.asarray(results["softmax"]["loss"])
+    i = int(np.argmax(n >= n_from))
+    ax.plot(n[i:], loss.mean(1)[i] * (n[i:] / n[i]) ** -0.5, "k--", label="slope -1/2")
+    ax.set(xscale="log", yscale="log", xlabel="n", ylabel="common loss (exponent 2, translation inf)",
+           title=title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 replications, n = 1e11, 1e13, 1e15")
@@ -187,6 +212,8 @@ def main(argv=None) -> dict:
               "summary": {k: {kk: vv for kk, vv in v.items() if kk != "boot"} for k, v in summary.items()},
               "difference": d, "difference_se": float(diff.std())}
     (out / "classification_binned.json").write_text(json.dumps(record, indent=1))
+    plot_results(results, out / "classification_binned.png",
+                 f"over-fit K = 3, {args.split} split, x on {args.points} points")
     return record
 
 
