@@ -37,21 +37,40 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from convergence_classification import COMMON, TRUTH_SWAPPED, bootstrap_slopes, split_cell
+from convergence_classification import TRUTH as TRUTH_VANISHING
 from tqdm.auto import tqdm
 
 import bayesmoe as bm
 from bayesmoe.experiments import loglog_slope, near_true_starts
 
-TRUTH = {"gate_intercept": np.array([0.5, 0.0]), "gate_coef": np.array([[2.0], [0.0]]),
-         "expert_intercept": np.array([[-1.0, 0.0], [1.0, 0.0]]),
-         "expert_coef": np.array([[[3.0], [0.0]], [[0.0], [0.0]]])}
-#: ``--split vanishing``: the experts swapped, so that the over-fit splits the vanishing-slope atom
-TRUTH_VANISHING = {"gate_intercept": np.array([0.5, 0.0]), "gate_coef": np.array([[2.0], [0.0]]),
-                   "expert_intercept": np.array([[1.0, 0.0], [-1.0, 0.0]]),
-                   "expert_coef": np.array([[[0.0], [0.0]], [[3.0], [0.0]]])}
-TRUTHS = {"sloped": TRUTH, "vanishing": TRUTH_VANISHING}
-COMMON = {"beta1": 2, "a": 2, "b": 2}
+# the truths (the sloped split is convergence_classification.py's --split sloped), the common loss, the
+# split-cell distances and the bootstrap over replications come from that study (same directory)
+TRUTH = TRUTH_SWAPPED
+TRUTHS = {"sloped": TRUTH_SWAPPED, "vanishing": TRUTH_VANISHING}
 GATES = {"softmax": bm.gates.Softmax, "tanh": lambda: bm.gates.ModifiedSoftmax("tanh")}
+
+
+def lbfgs_minimize(f, u0, max_iter: int, gtol: float = 0.0, rtol: float = 0.0):
+    """L-BFGS (optax, zoom line search) on ``f`` from ``u0`` in one ``while_loop`` until the largest
+    absolute gradient entry is at most ``gtol``, or (``rtol > 0``) the objective's relative change at
+    most ``rtol``, or ``max_iter`` iterations; returns (u, iterations, largest |gradient| at the last
+    step)."""
+    opt = optax.lbfgs()
+    vg = optax.value_and_grad_from_state(f)
+
+    def body(s):
+        u, st, i, prev, _, _ = s
+        v, g = vg(u, state=st)
+        upd, st = opt.update(g, st, u, value=v, grad=g, value_fn=f)
+        gmax = optax.tree.max(jax.tree.map(jnp.abs, g))
+        flat = (jnp.abs(prev - v) <= rtol * jnp.abs(v)) if rtol > 0 else jnp.asarray(False)
+        return optax.apply_updates(u, upd), st, i + 1, v, gmax, flat
+
+    inf = jnp.asarray(jnp.inf, jax.tree.leaves(u0)[0].dtype)
+    s0 = (u0, opt.init(u0), jnp.asarray(0), inf, inf, jnp.asarray(False))
+    s = jax.lax.while_loop(lambda s: (s[2] < max_iter) & (s[4] > gtol) & ~s[5], body, s0)
+    return s[0], s[2], s[4]
 
 
 def grid_rows(points: int) -> tuple[np.ndarray, np.ndarray]:
@@ -78,33 +97,9 @@ def counts_fit(model, max_iter: int, gtol: float):
     def run(x2, y2, c, u0):
         n = jnp.sum(c)
         f = lambda u: -jnp.sum(c * model.log_likelihood(model.full_params(u, 1), x2, y2)) / n  # noqa: E731
-        opt = optax.lbfgs()
-        vg = optax.value_and_grad_from_state(f)
-
-        def body(s):
-            u, st, i, _ = s
-            v, g = vg(u, state=st)
-            upd, st = opt.update(g, st, u, value=v, grad=g, value_fn=f)
-            return optax.apply_updates(u, upd), st, i + 1, optax.tree.max(jax.tree.map(jnp.abs, g))
-
-        s0 = (u0, opt.init(u0), jnp.asarray(0), jnp.asarray(jnp.inf, c.dtype))
-        s = jax.lax.while_loop(lambda s: (s[2] < max_iter) & (s[3] > gtol), body, s0)
-        return model.complete_params(model.full_params(s[0], 1)), s[2], s[3]
+        u, iters, gmax = lbfgs_minimize(f, u0, max_iter, gtol=gtol)
+        return model.complete_params(model.full_params(u, 1)), iters, gmax
     return jax.jit(jax.vmap(run, in_axes=(None, None, 0, 0)))
-
-
-def split_cell(params: dict, truth: dict, j: int = 0) -> dict:
-    """Largest distance (a, b, beta1) from the fitted atoms in true atom j's cell (the nearest true atom in
-    the expert blocks) to atom j, per replication; gate slopes relative to the fitted reference atom."""
-    a = np.asarray(params["expert_coef"])[:, :, 0, 0]
-    b = np.asarray(params["expert_intercept"])[:, :, 0]
-    ta, tb = truth["expert_coef"][:, 0, 0], truth["expert_intercept"][:, 0]
-    ref = (np.abs(a - ta[-1]) + np.abs(b - tb[-1])).argmin(-1)[:, None]
-    beta1 = np.asarray(params["gate_coef"])[:, :, 0]
-    beta1 = beta1 - np.take_along_axis(beta1, ref, -1)
-    cell = (np.abs(a[..., None] - ta) + np.abs(b[..., None] - tb)).argmin(-1) == j
-    return {name: np.where(cell, np.abs(v - t), 0.0).max(-1)
-            for name, v, t in (("a", a, ta[j]), ("b", b, tb[j]), ("beta1", beta1, truth["gate_coef"][j, 0]))}
 
 
 def run_gate(name: str, grid, reps: int, points: int, seed: int, max_iter: int, gtol: float,
@@ -134,12 +129,11 @@ def run_gate(name: str, grid, reps: int, points: int, seed: int, max_iter: int, 
     return out
 
 
-def slopes(res: dict, rng: np.random.Generator, boot: int = 2000) -> dict:
+def slopes(res: dict, seed: int, boot: int = 2000) -> dict:
     """OLS log-log slope of the mean (and median) loss over n, with a bootstrap SE over replications."""
     n, loss = np.asarray(res["n"], float), np.asarray(res["loss"])       # (grid, reps)
     s_mean, se_ols, _ = loglog_slope(n, loss.mean(1))
-    idx = rng.integers(0, loss.shape[1], (boot, loss.shape[1]))
-    boot_s = np.array([loglog_slope(n, loss[:, r].mean(1))[0] for r in idx])
+    boot_s = bootstrap_slopes(n, loss, boot, seed)
     return {"slope": s_mean, "se_ols": se_ols, "se_boot": float(boot_s.std()), "boot": boot_s,
             "slope_median": loglog_slope(n, np.median(loss, 1))[0],
             "dist_slopes": {k: loglog_slope(n, np.asarray(v).mean(1))[0] for k, v in res["dist"].items()}}
@@ -188,12 +182,11 @@ def main(argv=None) -> dict:
         args.reps, args.grid = 4, [1e11, 1e13, 1e15]
     bm.enable_x64()
     results, summary = {}, {}
-    rng = np.random.default_rng(args.seed + 1000)
     for name in GATES:
         t0 = time.perf_counter()
         results[name] = run_gate(name, args.grid, args.reps, args.points, args.seed, args.max_iter, args.gtol,
                                  args.start_n, args.split)
-        summary[name] = slopes(results[name], rng)
+        summary[name] = slopes(results[name], args.seed + 1000)
         s = summary[name]
         loss = np.asarray(results[name]["loss"])
         print(f"{name:8s} {time.perf_counter() - t0:5.0f} s  slope {s['slope']:+.3f} "

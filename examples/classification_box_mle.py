@@ -22,8 +22,7 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from classification_binned_mle import COMMON, GATES, TRUTH, split_cell  # same directory
+from classification_binned_mle import COMMON, GATES, TRUTH, lbfgs_minimize, split_cell  # same dir
 
 import bayesmoe as bm
 from bayesmoe.experiments import near_true_starts
@@ -38,18 +37,8 @@ def box_fit(model, box, max_iter=4000, tol=1e-13):
     @jax.jit
     def fit(x, y, u0):
         f = lambda u: -jnp.mean(model.log_likelihood(full(u), x, y))  # noqa: E731
-        opt = optax.lbfgs()
-        vg = optax.value_and_grad_from_state(f)
-
-        def body(c):
-            u, s, i, prev, _ = c
-            v, g = vg(u, state=s)
-            upd, s = opt.update(g, s, u, value=v, grad=g, value_fn=f)
-            return optax.apply_updates(u, upd), s, i + 1, v, jnp.abs(prev - v) <= tol * jnp.abs(v)
-
-        c0 = (u0, opt.init(u0), jnp.asarray(0), jnp.asarray(jnp.inf, x.dtype), jnp.asarray(False))
-        c = jax.lax.while_loop(lambda c: (c[2] < max_iter) & ~c[4], body, c0)
-        return model.complete_params(full(c[0])), -f(c[0]) * x.shape[0], c[2]
+        u, iters, _ = lbfgs_minimize(f, u0, max_iter, rtol=tol)
+        return model.complete_params(full(u)), -f(u) * x.shape[0], iters
     return fit
 
 

@@ -61,21 +61,31 @@ def uniform_x(key, n):
     return np.asarray(jax.random.uniform(key, (n, 1), minval=-2.0, maxval=2.0))
 
 
-def split_cell_distances(ds, truth=TRUTH, j=0):
-    """Per block, the mean over replications of the largest distance from the fitted atoms of true atom
-    j's cell (cells: the nearest true atom in the expert blocks) to atom j, and its log-log slope."""
-    a = ds["expert_coef"].values[..., 0, 0]                 # (n, rep, K): slope of class 0
-    b = ds["expert_intercept"].values[..., 0]
+def split_cell(params, truth=TRUTH, j=0):
+    """Per block (a, b, beta1), the largest distance from the fitted atoms of true atom j's cell (cells:
+    the nearest true atom in the expert blocks) to atom j, one value per replication (params with a
+    leading replication axis). Gate slopes are taken relative to the fitted atom whose expert is closest
+    to the true reference (last) atom's (data starts need not put it last): the loss's gauge."""
+    a = np.asarray(params["expert_coef"])[:, :, 0, 0]      # (rep, K): slope of class 0
+    b = np.asarray(params["expert_intercept"])[:, :, 0]
     ta, tb = truth["expert_coef"][:, 0, 0], truth["expert_intercept"][:, 0]
-    # the loss's gauge: gate slopes relative to the fitted atom whose expert is closest to the true
-    # reference (last) atom's (data starts need not put it last)
-    ref = (np.abs(a - ta[-1]) + np.abs(b - tb[-1])).argmin(-1)[..., None]
-    beta1 = ds["gate_coef"].values[..., 0]
+    ref = (np.abs(a - ta[-1]) + np.abs(b - tb[-1])).argmin(-1)[:, None]
+    beta1 = np.asarray(params["gate_coef"])[:, :, 0]
     beta1 = beta1 - np.take_along_axis(beta1, ref, -1)
     cell = (np.abs(a[..., None] - ta) + np.abs(b[..., None] - tb)).argmin(-1) == j
+    return {name: np.where(cell, np.abs(v - t), 0.0).max(-1)
+            for name, v, t in (("a", a, ta[j]), ("b", b, tb[j]), ("beta1", beta1, truth["gate_coef"][j, 0]))}
+
+
+def split_cell_distances(ds, truth=TRUTH, j=0):
+    """Per block, the mean over replications of :func:`split_cell` at every n of ``ds``, and its log-log
+    slope."""
+    n_grid, reps = ds["loss"].shape
+    params = {k: ds[k].values.reshape((n_grid * reps,) + ds[k].shape[2:])
+              for k in ("expert_coef", "expert_intercept", "gate_coef")}
     out = {}
-    for name, v, t in (("a", a, ta[j]), ("b", b, tb[j]), ("beta1", beta1, truth["gate_coef"][j, 0])):
-        mean = np.where(cell, np.abs(v - t), 0.0).max(-1).mean(1)
+    for name, v in split_cell(params, truth, j).items():
+        mean = v.reshape(n_grid, reps).mean(1)
         out[name] = {"mean": mean.tolist(), "slope": loglog_slope(ds["n"].values, mean)[0]}
     return out
 
@@ -96,15 +106,21 @@ def fitted_losses(ds, gate, truth, orders):
     return np.asarray(fn(params)).reshape(shape)
 
 
-def bootstrap_slope_se(ds, n_boot=2000, seed=0, loss=None):
-    """Standard error of the log-log slope of the mean loss from resampling the replications (with
-    replacement, the same resample at every n): it measures the spread the replications cause, which the
-    OLS standard error over the few grid points does not. ``loss`` (n, rep): another loss than ds's."""
-    loss = ds["loss"].values if loss is None else loss       # (n, rep)
+def bootstrap_slopes(n, loss, n_boot=2000, seed=0, stat=np.mean):
+    """Log-log slopes of ``stat`` (mean or median) of the loss (n, rep) over the replications, for
+    ``n_boot`` resamples of the replications (with replacement, the same resample at every n)."""
+    loss = np.asarray(loss)
     rng = np.random.default_rng(seed)
     idx = rng.integers(0, loss.shape[1], (n_boot, loss.shape[1]))
-    slopes = [loglog_slope(ds["n"].values, loss[:, i].mean(1))[0] for i in idx]
-    return float(np.std(slopes, ddof=1))
+    return np.array([loglog_slope(n, stat(loss[:, i], axis=1))[0] for i in idx])
+
+
+def bootstrap_slope_se(ds, n_boot=2000, seed=0, loss=None):
+    """Standard error of the log-log slope of the mean loss from resampling the replications: it
+    measures the spread the replications cause, which the OLS standard error over the few grid points
+    does not. ``loss`` (n, rep): another loss than ds's."""
+    loss = ds["loss"].values if loss is None else loss       # (n, rep)
+    return float(np.std(bootstrap_slopes(ds["n"].values, loss, n_boot, seed), ddof=1))
 
 
 def run(gate, grid, reps, k, seed, quiet, max_steps, init="near_true", starts=1, truth=TRUTH,

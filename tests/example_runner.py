@@ -2,6 +2,7 @@
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -11,7 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_example(name: str):
-    """Import ``examples/<name>.py`` as a module (its ``main(argv)`` is then callable)."""
+    """Import ``examples/<name>.py`` as a module (its ``main(argv)`` is then callable); ``examples/`` goes
+    on ``sys.path``, as when the script runs, so that an example can import its sibling scripts."""
+    if str(ROOT / "examples") not in sys.path:
+        sys.path.append(str(ROOT / "examples"))
     spec = importlib.util.spec_from_file_location(name, ROOT / "examples" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
