@@ -31,7 +31,9 @@ experts (blocks A, b, :math:`\nu`) the slope block A has the fixed exponent 2 in
 atoms with :math:`c^*_j \ne 0` (regime 1) and :math:`\tilde r/2` (:math:`\tilde r = \bar r`) where
 :math:`c^*_j = 0` (regime 2): the gate's ``voronoi_cell_orders`` hook sets exponents per true atom.
 A caller's ``orders`` replaces the exponents of named blocks in every over-fitted cell (e.g. 2 on every
-block: the loss of a strongly identifiable model, one loss in which two gates can be compared).
+block: the loss of a strongly identifiable model, one loss in which two gates can be compared); ``None``
+leaves a block out of the over-fitted cells (a block that is not identifiable there, such as the expert
+intercepts of a cell split around a multinomial-logistic atom with vanishing slope: docs/theory.md).
 
 Softmax gates are identifiable only up to a common translation of their rows: ``translation="gauge"``
 compares both measures in the reference gauge (the last expert's row zero, as the published code does);
@@ -68,12 +70,14 @@ def _measure(model, params: Mapping, orders: Mapping | None = None):
 
 def _orders(model, true: Mapping, override: Mapping | None = None) -> dict:
     """``{block: (mult, const)}`` per true atom (arrays (K_true,)): exponent mult * r + const; the
-    blocks named in ``override`` take its orders in every cell."""
+    blocks named in ``override`` take its orders in every cell (``None``: the block is left out of the
+    over-fitted cells)."""
     base = {**model.gate.voronoi_orders(), **model.expert.voronoi_orders()}
     k_true = jnp.shape(model.gate.voronoi_weights(true))[-1]
     pairs = model.gate.voronoi_cell_orders(true, base)
-    pairs.update({k: voronoi_order_pair(v) for k, v in (override or {}).items()})
-    return {k: tuple(jnp.broadcast_to(jnp.asarray(v, jnp.result_type(float)), (k_true,)) for v in pair)
+    pairs.update({k: None if v is None else voronoi_order_pair(v) for k, v in (override or {}).items()})
+    return {k: None if pair is None else
+            tuple(jnp.broadcast_to(jnp.asarray(v, jnp.result_type(float)), (k_true,)) for v in pair)
             for k, pair in pairs.items()}
 
 
@@ -146,9 +150,12 @@ def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
     size = jnp.sum(onehot, axis=0)[cell]                   # |A_j| of each fitted atom's cell
     r = jnp.asarray(rtab, fw.dtype)[size.astype(jnp.int32)]
     ones = (jnp.ones(Kt, fw.dtype), jnp.zeros(Kt, fw.dtype))   # undeclared blocks: order r
-    mult = jnp.stack([orders.get(name, ones)[0].astype(fw.dtype)[cell] for name in fa], axis=-1)
-    const = jnp.stack([orders.get(name, ones)[1].astype(fw.dtype)[cell] for name in fa], axis=-1)
-    powered = d_own ** (r[:, None] * mult + const)         # (Kf, B)
+    pairs = [orders.get(name, ones) for name in fa]
+    kept = np.array([pair is not None for pair in pairs])  # blocks left out (None) count 0
+    pairs = [ones if pair is None else pair for pair in pairs]
+    mult = jnp.stack([pair[0].astype(fw.dtype)[cell] for pair in pairs], axis=-1)
+    const = jnp.stack([pair[1].astype(fw.dtype)[cell] for pair in pairs], axis=-1)
+    powered = jnp.where(kept, d_own ** (r[:, None] * mult + const), 0.0)   # (Kf, B)
     per_atom = jnp.where(size > 1, jnp.sum(powered, axis=-1), jnp.sum(d_own, axis=-1))
     return _inf_if_mass_overflows(fw, jnp.sum(fw * per_atom) + mass)
 
@@ -178,7 +185,8 @@ def voronoi_loss(model, fitted_params: Mapping, true_params: Mapping, *, kind: s
     :param orders: exponents of blocks in over-fitted cells that replace the families' own
         (``{block: "r" | "r/2" | number}``, blocks as in ``voronoi_atoms``, e.g. ``beta1``, ``a``, ``b``;
         unnamed blocks keep theirs): ``{"beta1": 2, "a": 2, "b": 2}`` is the loss of a strongly
-        identifiable model, exponent 2 on every block, one loss in which two gates can be compared.
+        identifiable model, exponent 2 on every block, one loss in which two gates can be compared;
+        ``None`` leaves a block out of the over-fitted cells (singly fitted atoms keep every block).
     :returns: a scalar.
     """
     if kind not in KINDS:
@@ -210,9 +218,11 @@ def _check_orders(model, fitted: Mapping, orders) -> None:
     if orders is None:
         return
     if not isinstance(orders, Mapping):
-        raise ValueError(f"`orders` must be a dict {{block: 'r' | 'r/2' | number}}, got {orders!r}")
+        raise ValueError(f"`orders` must be a dict {{block: 'r' | 'r/2' | number | None}}, got {orders!r}")
     blocks = set(_measure_raw(model, dict(fitted))[1])
     for name, spec in orders.items():
+        if spec is None and name in blocks:
+            continue                                       # the block is left out of over-fitted cells
         if name not in blocks:
             raise ValueError(f"`orders` names block {name!r}, which {model!r} does not have; its blocks are "
                              f"{sorted(blocks)}")

@@ -211,6 +211,9 @@ def test_split_vanishing_slope_atom_is_not_identifiable(transform):
         np.testing.assert_allclose(ll_true, np.log(np.where(y == 0, p0, 1 - p0)), rtol=1e-10)
         np.testing.assert_allclose(ll_split, ll_true, rtol=1e-10)
         d2 = float(bm.metrics.voronoi_loss(over, split, _CLF_TRUTH))
+        # the loss with the cell's intercepts left out (what the data can identify) is 0 on the family
+        flat = float(bm.metrics.voronoi_loss(over, split, _CLF_TRUTH, orders={"beta1": 1, "a": 2, "b": None}))
     # cell of atom 0 = fitted atoms 0, 1 (r = 4: |d beta1|^4, |d a|^2, |d b|^2); masses add up exactly
     hand = w1 * (b1 - 1.0) ** 2 + (w_star - w1) * (b2 - 1.0) ** 2
     assert d2 == pytest.approx(hand, rel=1e-9) and hand > 0.05
+    assert flat == pytest.approx(0.0, abs=1e-12)

@@ -25,7 +25,8 @@ def _atoms(p, ref=-1):
 
 
 def _hand_loss(fitted, true, over, rbar=None, exps=None):
-    """``exps``: a function r -> exponents of (beta1, a, b, sigma^2) in over-fitted cells."""
+    """``exps``: a function r -> exponents of (beta1, a, b, sigma^2) in over-fitted cells (None: the
+    block left out)."""
     rbar = {2: 4, 3: 6, **(rbar or {})}
     exps = exps or (lambda r: (r, r / 2, r, r / 2))
     tw, tb = _atoms(true)
@@ -45,7 +46,7 @@ def _hand_loss(fitted, true, over, rbar=None, exps=None):
             dist = [np.linalg.norm(fb[i][b] - tb[j][b]) for b in range(4)]   # beta1, a, b, sigma^2
             if over and len(members) > 1:
                 e = exps(rbar[len(members)])
-                total += fw[i] * sum(dist[b] ** e[b] for b in range(4))
+                total += fw[i] * sum(dist[b] ** e[b] for b in range(4) if e[b] is not None)
             else:
                 total += fw[i] * sum(dist)
         total += abs(sum(fw[i] for i in members) - tw[j])
@@ -98,7 +99,8 @@ def test_block_orders_replace_the_families_exponents(rng):
     fitted["expert_scale"] = np.abs(fitted["expert_scale"])
     with jax.enable_x64(True):
         for orders, exps, rbar in (({"beta1": 2, "a": 2, "b": 2}, lambda r: (2, 2, 2, r / 2), None),
-                                   ({"b": "r/2", "sigma": 1.5}, lambda r: (r, r / 2, r / 2, 1.5), {2: 3.0})):
+                                   ({"b": "r/2", "sigma": 1.5}, lambda r: (r, r / 2, r / 2, 1.5), {2: 3.0}),
+                                   ({"beta1": 1, "b": None}, lambda r: (1, r / 2, None, r / 2), None)):
             want, cells = _hand_loss(fitted, TRUE, over=True, rbar=rbar, exps=exps)
             assert sorted(np.bincount(cells, minlength=2)) == [1, 2]
             got = float(voronoi_loss(model, fitted, TRUE, orders=orders, rbar=rbar))
@@ -202,6 +204,8 @@ def test_bad_input_names_the_argument(rng):
         voronoi_loss(model, fitted, TRUE, translation="none")
     with pytest.raises(ValueError, match="`orders` names block 'gamma'"):
         voronoi_loss(model, fitted, TRUE, orders={"gamma": 2})
+    with pytest.raises(ValueError, match="`orders` names block 'gamma'"):
+        voronoi_loss(model, fitted, TRUE, orders={"gamma": None})
     with pytest.raises(ValueError, match=r"`orders`\['a'\]"):
         voronoi_loss(model, fitted, TRUE, orders={"a": "r/3"})
     with pytest.raises(ValueError, match=r"`orders`\['a'\] must be positive"):
