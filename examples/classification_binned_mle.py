@@ -29,6 +29,7 @@ Run: python examples/classification_binned_mle.py [--quick] [--split sloped|vani
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -89,11 +90,13 @@ def draw_counts(true_model, truth, x2, y2, n: int, reps: int, rng: np.random.Gen
     return np.concatenate([c0, at_x - c0], axis=1).astype(float)
 
 
+@functools.cache
 def counts_fit(model, max_iter: int, gtol: float):
     """A jitted ``(x2, y2, counts, u0) -> (params, iterations, largest |gradient|)``, vmapped over
-    replications: L-BFGS on the free params u of the count-weighted mean negative log-likelihood until the
-    largest absolute gradient entry is at most ``gtol`` (the MLE's first-order condition; a stop on the
-    change of the objective ends too early in the flat directions of an over-fitted cell)."""
+    replications (one per model and stop, so that studies in one process share its compilations):
+    L-BFGS on the free params u of the count-weighted mean negative log-likelihood until the largest
+    absolute gradient entry is at most ``gtol`` (the MLE's first-order condition; a stop on the change
+    of the objective ends too early in the flat directions of an over-fitted cell)."""
     def run(x2, y2, c, u0):
         n = jnp.sum(c)
         f = lambda u: -jnp.sum(c * model.log_likelihood(model.full_params(u, 1), x2, y2)) / n  # noqa: E731
@@ -103,8 +106,10 @@ def counts_fit(model, max_iter: int, gtol: float):
 
 
 def run_gate(name: str, grid, reps: int, points: int, seed: int, max_iter: int, gtol: float,
-             start_n: float | None, split: str = "sloped") -> dict:
-    """Fits of one gate over the n grid; per n the losses, split-cell distances and iterations."""
+             start_n: float | None, split: str = "sloped", orders=COMMON, move_starts=None) -> dict:
+    """Fits of one gate over the n grid; per n the losses (block exponents ``orders``), split-cell
+    distances and iterations. ``move_starts(starts, rng)``, if given, changes the near-true starts (numpy
+    params with a leading replication axis) before the fits."""
     gate = GATES[name]()
     true_model = bm.MoE(gate, bm.experts.Categorical(2), 2)
     over = bm.MoE(gate, bm.experts.Categorical(2), 3)
@@ -112,12 +117,14 @@ def run_gate(name: str, grid, reps: int, points: int, seed: int, max_iter: int, 
     x2, y2 = grid_rows(points)
     fit = counts_fit(over, max_iter, gtol)
     loss_fn = jax.jit(jax.vmap(lambda p: bm.metrics.voronoi_loss(over, p, truth, translation="inf",
-                                                                   orders=COMMON)))
+                                                                   orders=orders)))
     out = {"n": [], "loss": [], "dist": {k: [] for k in ("a", "b", "beta1")}, "iters": [], "grad": []}
     for i, n in enumerate(tqdm(grid, desc=name, leave=False)):
         rng = np.random.default_rng([seed, i])
         counts = draw_counts(true_model, truth, x2, y2, int(n), reps, rng)
         starts = near_true_starts(over, truth, int(start_n or n), reps, rng)
+        if move_starts is not None:
+            starts = move_starts(starts, rng)
         u0 = {k: jnp.asarray(v) for k, v in over.free_params(starts).items()}
         params, iters, grad = fit(jnp.asarray(x2), jnp.asarray(y2), jnp.asarray(counts), u0)
         out["n"].append(int(n))
@@ -139,9 +146,12 @@ def slopes(res: dict, seed: int, boot: int = 2000) -> dict:
             "dist_slopes": {k: loglog_slope(n, np.asarray(v).mean(1))[0] for k, v in res["dist"].items()}}
 
 
-def plot_results(results: dict, path, title: str = "", n_from: float = 1e12) -> None:
-    """Mean loss against n on log-log axes for both gates, with the 10-90 % band over replications and a
-    line of slope -1/2 through the softmax gate's mean at the first n >= ``n_from``; written to ``path``."""
+def plot_results(results: dict, path, title: str = "", n_from: float = 1e12,
+                 guides=(("softmax", -0.5),),
+                 ylabel: str = "common loss (exponent 2, translation inf)") -> None:
+    """Mean loss against n on log-log axes for both gates, with the 10-90 % band over replications and,
+    per (gate, slope) in ``guides``, a dashed line of that slope through the gate's mean at the first
+    n >= ``n_from``; written to ``path``."""
     import matplotlib  # noqa: PLC0415
 
     matplotlib.use("Agg")
@@ -153,49 +163,64 @@ def plot_results(results: dict, path, title: str = "", n_from: float = 1e12) -> 
         lo, hi = np.quantile(loss, [0.1, 0.9], axis=1)
         ax.fill_between(n, lo, hi, color=color, alpha=0.15)
         ax.plot(n, loss.mean(1), "o-", color=color, label=f"{name} gate: mean loss")
-    n, loss = np.asarray(results["softmax"]["n"], float), np.asarray(results["softmax"]["loss"])
-    i = int(np.argmax(n >= n_from))
-    ax.plot(n[i:], loss.mean(1)[i] * (n[i:] / n[i]) ** -0.5, "k--", label="slope -1/2")
-    ax.set(xscale="log", yscale="log", xlabel="n", ylabel="common loss (exponent 2, translation inf)",
-           title=title)
+    for (gate, slope), style in zip(guides, ("k--", "k:"), strict=False):
+        n, loss = np.asarray(results[gate]["n"], float), np.asarray(results[gate]["loss"])
+        i = int(np.argmax(n >= n_from))
+        ax.plot(n[i:], loss.mean(1)[i] * (n[i:] / n[i]) ** slope, style, label=f"slope {slope:g}")
+    ax.set(xscale="log", yscale="log", xlabel="n", ylabel=ylabel, title=title)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv=None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="4 replications, n = 1e11, 1e13, 1e15")
-    ap.add_argument("--split", choices=tuple(TRUTHS), default="sloped")
+def study_parser(doc: str, *, grid, start_n: float, out: str, quick: str) -> argparse.ArgumentParser:
+    """The command line of a binned study (``run_study``): replications, n grid, grid points, L-BFGS stop,
+    start noise, seed, output directory; ``quick`` describes ``--quick``."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help=quick)
     ap.add_argument("--reps", type=int, default=16)
-    ap.add_argument("--grid", type=float, nargs="+", default=[1e10, 1e11, 1e12, 1e13, 1e14, 1e15])
+    ap.add_argument("--grid", type=float, nargs="+", default=list(grid))
     ap.add_argument("--points", type=int, default=81)
     ap.add_argument("--max-iter", type=int, default=50000)
     ap.add_argument("--gtol", type=float, default=1e-13)
-    ap.add_argument("--start-n", type=float, default=1e4,
+    ap.add_argument("--start-n", type=float, default=start_n,
                     help="the sample size whose near-true start noise every n uses (0: n itself)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="out/classification_binned")
+    ap.add_argument("--out", default=out)
+    return ap
+
+
+def main(argv=None) -> dict:
+    ap = study_parser(__doc__, grid=[1e10, 1e11, 1e12, 1e13, 1e14, 1e15], start_n=1e4,
+                      out="out/classification_binned", quick="4 replications, n = 1e11, 1e13, 1e15")
+    ap.add_argument("--split", choices=tuple(TRUTHS), default="sloped")
     args = ap.parse_args(argv)
     if args.quick:
         args.reps, args.grid = 4, [1e11, 1e13, 1e15]
+    return run_study(args, title=f"over-fit K = 3, {args.split} split, x on {args.points} points")
+
+
+def run_study(args, *, orders=COMMON, move_starts=None, name: str = "classification_binned",
+              title: str = "", **plot_kw) -> dict:
+    """Both gates' fits over ``args.grid`` (``run_gate``), their slopes and difference printed, written
+    to ``args.out``/``name``.json and .png (``plot_kw`` goes to :func:`plot_results`); the record."""
     bm.enable_x64()
     results, summary = {}, {}
-    for name in GATES:
+    for gate in GATES:
         t0 = time.perf_counter()
-        results[name] = run_gate(name, args.grid, args.reps, args.points, args.seed, args.max_iter, args.gtol,
-                                 args.start_n, args.split)
-        summary[name] = slopes(results[name], args.seed + 1000)
-        s = summary[name]
-        loss = np.asarray(results[name]["loss"])
-        print(f"{name:8s} {time.perf_counter() - t0:5.0f} s  slope {s['slope']:+.3f} "
+        results[gate] = run_gate(gate, args.grid, args.reps, args.points, args.seed, args.max_iter, args.gtol,
+                                 args.start_n, args.split, orders, move_starts)
+        summary[gate] = slopes(results[gate], args.seed + 1000)
+        s = summary[gate]
+        loss = np.asarray(results[gate]["loss"])
+        print(f"{gate:8s} {time.perf_counter() - t0:5.0f} s  slope {s['slope']:+.3f} "
               f"(OLS SE {s['se_ols']:.3f}, bootstrap SE {s['se_boot']:.3f}), median-loss slope "
               f"{s['slope_median']:+.3f}; split cell slopes "
               + ", ".join(f"{k} {v:+.3f}" for k, v in s["dist_slopes"].items()), flush=True)
         print("    mean loss per n: " + ", ".join(f"{m:.3g}" for m in loss.mean(1))
-              + "; max iterations per n: " + ", ".join(str(max(i)) for i in results[name]["iters"])
-              + "; largest |gradient| " + ", ".join(f"{max(g):.1e}" for g in results[name]["grad"]))
+              + "; max iterations per n: " + ", ".join(str(max(i)) for i in results[gate]["iters"])
+              + "; largest |gradient| " + ", ".join(f"{max(g):.1e}" for g in results[gate]["grad"]))
     diff = summary["tanh"]["boot"] - summary["softmax"]["boot"]
     d = summary["tanh"]["slope"] - summary["softmax"]["slope"]
     print(f"difference tanh - softmax: {d:+.3f} (bootstrap SE {diff.std():.3f})")
@@ -204,11 +229,9 @@ def main(argv=None) -> dict:
     record = {"args": vars(args), "results": results,
               "summary": {k: {kk: vv for kk, vv in v.items() if kk != "boot"} for k, v in summary.items()},
               "difference": d, "difference_se": float(diff.std())}
-    (out / "classification_binned.json").write_text(json.dumps(record, indent=1))
-    plot_results(results, out / "classification_binned.png",
-                 f"over-fit K = 3, {args.split} split, x on {args.points} points")
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1))
+    plot_results(results, out / f"{name}.png", title, **plot_kw)
     return record
-
 
 if __name__ == "__main__":
     main()
