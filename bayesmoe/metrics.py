@@ -150,13 +150,10 @@ def _loss(fw, fa, tw, ta, orders, over: bool, rtab) -> jnp.ndarray:
     size = jnp.sum(onehot, axis=0)[cell]                   # |A_j| of each fitted atom's cell
     r = jnp.asarray(rtab, fw.dtype)[size.astype(jnp.int32)]
     ones = (jnp.ones(Kt, fw.dtype), jnp.zeros(Kt, fw.dtype))   # undeclared blocks: order r
-    pairs = [orders.get(name, ones) for name in fa]
-    kept = np.array([pair is not None for pair in pairs])  # blocks left out (None) count 0
-    pairs = [ones if pair is None else pair for pair in pairs]
-    mult = jnp.stack([pair[0].astype(fw.dtype)[cell] for pair in pairs], axis=-1)
-    const = jnp.stack([pair[1].astype(fw.dtype)[cell] for pair in pairs], axis=-1)
-    powered = jnp.where(kept, d_own ** (r[:, None] * mult + const), 0.0)   # (Kf, B)
-    per_atom = jnp.where(size > 1, jnp.sum(powered, axis=-1), jnp.sum(d_own, axis=-1))
+    powered = [d_own[:, b] ** (r * pair[0].astype(fw.dtype)[cell] + pair[1].astype(fw.dtype)[cell])
+               for b, pair in enumerate(orders.get(name, ones) for name in fa)
+               if pair is not None]                        # None: the block is left out
+    per_atom = jnp.where(size > 1, sum(powered, jnp.zeros_like(r)), jnp.sum(d_own, axis=-1))
     return _inf_if_mass_overflows(fw, jnp.sum(fw * per_atom) + mass)
 
 

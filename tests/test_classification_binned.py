@@ -16,13 +16,18 @@ import numpy as np
 from tests.example_runner import assert_figure, load_example
 
 
-def test_sloped_split_mle_falls_like_root_n_for_both_gates(tmp_path):
-    ex = load_example("classification_binned_mle")
+def _run_main(name: str, argv: list[str]) -> dict:
+    """The example's ``main(argv)``; it switches float64 on globally, which is undone afterwards."""
     before = bool(jax.config.jax_enable_x64)
-    try:                                                      # main() switches float64 on globally
-        record = ex.main(["--reps", "4", "--grid", "1e13", "1e15", "--out", str(tmp_path)])
+    try:
+        return load_example(name).main(argv)
     finally:
         jax.config.update("jax_enable_x64", before)
+
+
+def test_sloped_split_mle_falls_like_root_n_for_both_gates(tmp_path):
+    record = _run_main("classification_binned_mle",
+                       ["--reps", "4", "--grid", "1e13", "1e15", "--out", str(tmp_path)])
     for gate in ("softmax", "tanh"):
         res = record["results"][gate]
         assert max(max(g) for g in res["grad"]) <= 1e-13      # every fit reached the first-order condition
@@ -42,12 +47,7 @@ def test_vanishing_slope_cell_modified_gate_is_faster(tmp_path):
     slopes identified at the second order only (n^-1/4), the modified gate's at the first (n^-1/2): the
     modified gate's loss (gate slopes at exponent 1, expert slopes at 2, intercepts left out) falls
     faster. Reduced run of examples/classification_flat_family.py (4 replications, n = 1e13 and 1e16)."""
-    ex = load_example("classification_flat_family")
-    before = bool(jax.config.jax_enable_x64)
-    try:
-        record = ex.main(["--quick", "--out", str(tmp_path)])
-    finally:
-        jax.config.update("jax_enable_x64", before)
+    record = _run_main("classification_flat_family", ["--quick", "--out", str(tmp_path)])
     slope, beta1_slope, b_slope = {}, {}, {}
     for gate in ("softmax", "tanh"):
         res = record["results"][gate]
