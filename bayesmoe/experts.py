@@ -28,7 +28,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import digamma, gammaln
 from numpyro.distributions import constraints
 
-from bayesmoe import _labels, _math
+from bayesmoe import _feature_maps, _labels, _math
 from bayesmoe import priors as _priors
 from bayesmoe._blocks import check_covariance
 from bayesmoe._solvers import bisect, multinomial_newton, newton_ascent, spd_solve
@@ -90,8 +90,9 @@ class _Polynomial:
     def regressor_dim(self, d: int) -> str:
         return "feature" if self.degree == 1 else "term"
 
-    def x_affine(self, d: int) -> bool:
-        return self.degree == 1
+    def feature_map(self, x_loc, x_scale):
+        """The exact map of the monomials under x -> (x - m)/s (binomial expansion)."""
+        return _feature_maps.polynomial_map(x_loc, x_scale, self.degree)
 
     def regressor_names(self, names):
         return list(names) if self.degree == 1 else feature_names(list(names), self.degree)
@@ -674,9 +675,6 @@ class MultivariateGaussian(_Polynomial, Expert):
         for g, b in self._corr_blocks():
             out[f"output_block{g}"] = out[f"output_block{g}_bis"] = list(b)
         return out
-
-    def x_affine(self, d: int) -> bool:
-        return False
 
     def y_shape(self) -> tuple[int, ...]:
         return (self.n_outputs,)

@@ -43,8 +43,9 @@ from jax.flatten_util import ravel_pytree
 from numpyro.distributions import constraints
 from numpyro.distributions.transforms import AffineTransform, ComposeTransform, ExpTransform
 
-from bayesmoe import _math
+from bayesmoe import _feature_maps, _math
 from bayesmoe import priors as _priors
+from bayesmoe._feature_maps import FeatureMap
 from bayesmoe._solvers import newton_ascent
 
 __all__ = ["REGRESSOR", "Expert", "Family", "Gate", "Param"]
@@ -145,6 +146,12 @@ class Param:
         return self.bijection()(jnp.zeros(self.unconstrained_shape(sizes), dtype))
 
 
+def _undeclared_feature_map(self, x_loc, x_scale) -> None:
+    """The feature map of a family whose regressors were redefined without one: none (x is not
+    standardised for it)."""
+    return None
+
+
 def _in_support(constraint, a: np.ndarray, tol: float = 1e-4) -> bool:
     """Whether ``a`` lies in the support, with a rounding tolerance for simplex and correlation
     factors (values computed in float32 are accepted)."""
@@ -173,6 +180,12 @@ class Family(abc.ABC):
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         _REGISTRY[f"{cls.__module__}.{cls.__qualname__}"] = cls
+        mro = cls.__mro__
+        owner = {name: next(i for i, c in enumerate(mro) if name in c.__dict__)
+                 for name in ("features", "feature_map")}
+        if owner["feature_map"] > owner["features"]:
+            # regressors redefined without their map: not standardisable, by declaration (never a guess)
+            cls.feature_map = _undeclared_feature_map
 
     # ------------------------------------------------------------------ what a family declares
     @abc.abstractmethod
@@ -184,8 +197,22 @@ class Family(abc.ABC):
         return d
 
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
-        """The family's regressors of x (n, d), shape (n, p)."""
+        """The family's regressors of x (n, d), shape (n, p). A family that overrides this declares
+        :meth:`feature_map` beside it, or its fits do not standardise x."""
         return _math.as_array(x)
+
+    def feature_map(self, x_loc, x_scale) -> FeatureMap | None:
+        r"""The exact map of the regressors under a change of units of x:
+        :math:`f((x - m)/s) = A f(x) + c` (:class:`bayesmoe._feature_maps.FeatureMap`), or None when no
+        such map exists (e.g. bounded transforms M(x)): then fits never standardise x for this family.
+
+        The default is that of :meth:`features`' default (the regressors are x: A = diag(1/s),
+        c = -m/s). A subclass that overrides :meth:`features` and not this method gets None.
+
+        :param x_loc: the location m (d,).
+        :param x_scale: the scale s (d,).
+        """
+        return _feature_maps.identity_map(x_loc, x_scale)
 
     def regressor_dim(self, d: int) -> str:
         """ArviZ dim name of the regressor axis.
@@ -442,52 +469,67 @@ class Family(abc.ABC):
         return [p.name for p in self.param_table() if p.affine == tag]
 
     def x_affine(self, d: int) -> bool:
-        """Whether the family depends on x only through x itself (its regressors are x): then fits
-        may standardise x, mapping the parameters with the table's ``affine`` tags. Default False.
+        """Whether fits may standardise x for this family, derived from its declaration: every site
+        that moves with the units of x is tagged (``"intercept"``/``"coef"`` of a linear predictor in
+        the regressors, with a :meth:`feature_map`; ``"x_loc"``/``"x_scale"``). A family without such
+        tags is not standardised (its dependence on x is not declared).
 
         :param d: number of inputs (columns of x).
         """
-        return False
+        tags = {p.affine for p in self.param_table()}
+        if tags & {"intercept", "coef"}:
+            return type(self).feature_map is not _undeclared_feature_map
+        return bool(tags & {"x_loc", "x_scale"})
 
-    def standardize(self, params: Mapping, x_loc, x_scale, y_loc=0.0, y_scale=1.0, *,
+    def standardize(self, params: Mapping, x_loc=None, x_scale=None, y_loc=0.0, y_scale=1.0, *,
                     inverse: bool = False) -> Params:
         r"""Parameters for standardised data :math:`\tilde x = (x - m)/s`, :math:`\tilde y = (y - c)/t`
         (``inverse=True``: back to the data's units), from the table's ``affine`` tags.
 
-        Linear predictors :math:`b + a^\top x = (b + a^\top m) + (a \circ s)^\top \tilde x`; for experts
-        with ``y_affine`` also divided by t (and b shifted by c first); ``y_scale`` sites are divided
-        by t, ``x_loc`` sites map to (loc - m)/s and ``x_scale`` sites to scale/s. Pass ``x_loc = 0,
-        x_scale = 1`` (``y_loc = 0, y_scale = 1``) to leave x (y) as is.
+        A linear predictor :math:`b + a^\top f(x)` in the family's regressors f is pulled through the
+        exact map of :meth:`feature_map`: with :math:`f(\tilde x) = A f(x) + c` the standardised
+        :math:`(\tilde a, \tilde b)` are the raw :math:`(A^\top \tilde a, \tilde b + \tilde a^\top c)`
+        (for regressors x itself: :math:`b + a^\top x = (b + a^\top m) + (a \circ s)^\top \tilde x`); for
+        experts with ``y_affine`` the predictor is also in units of y (divided by t, shifted by c);
+        ``y_scale`` sites are divided by t, ``x_loc`` sites map to (loc - m)/s and ``x_scale`` sites
+        to scale/s.
 
         :param params: the family's full parameters, ``{site name: array}`` with the table's shapes
-            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed where noted.
-        :param x_loc: the location m (d,) subtracted from x (0 to leave x as is).
-        :param x_scale: the scale s (d,) dividing x (1 to leave x as is).
+            (expert axis K first, e.g. ``(K, d)`` slopes); leading batch axes allowed.
+        :param x_loc: the location m (d,) subtracted from x, or None to leave x as is.
+        :param x_scale: the scale s (d,) dividing x, or None to leave x as is.
         :param y_loc: the location c subtracted from y.
         :param y_scale: the scale t dividing y.
         :param inverse: map parameters of standardised data back to the data's units.
         """
         y_aff = bool(getattr(self, "y_affine", False))
         c, t = (y_loc, y_scale) if y_aff else (0.0, 1.0)
-        m, sx = jnp.asarray(x_loc), jnp.asarray(x_scale)
+        move_x = x_loc is not None
+        if move_x and not self.x_affine(int(np.shape(x_loc)[-1])):
+            raise ValueError(f"{self!r} declares no exact map of its parameters under a change of units "
+                             "of x (Family.feature_map / the table's affine tags): x cannot be standardised")
         out = dict(params)
         tags = {p.affine: p.name for p in self.param_table() if p.affine}
         if "coef" in tags and "intercept" in tags:
             a, b = jnp.asarray(params[tags["coef"]]), jnp.asarray(params[tags["intercept"]])
-            if not inverse:
-                out[tags["intercept"]] = (b + a @ m - c) / t
-                out[tags["coef"]] = a * sx / t
+            if inverse:
+                if move_x:
+                    a, b = self.feature_map(x_loc, x_scale).pull(a, b)
+                a, b = a * t, b * t + c
             else:
-                a_raw = a * t / sx
-                out[tags["coef"]] = a_raw
-                out[tags["intercept"]] = b * t + c - a_raw @ m
+                a, b = a / t, (b - c) / t
+                if move_x:
+                    m, sx = jnp.asarray(x_loc), jnp.asarray(x_scale)
+                    a, b = self.feature_map(-m / sx, 1.0 / sx).pull(a, b)
+            out[tags["coef"]], out[tags["intercept"]] = a, b
+        m, sx = (jnp.asarray(x_loc), jnp.asarray(x_scale)) if move_x else (0.0, 1.0)
         for p in self.param_table():
             v = jnp.asarray(params[p.name])
             if p.affine == "y_scale":
                 out[p.name] = v * t if inverse else v / t
-            elif p.affine == "x_loc":
+            elif p.affine == "x_loc" and move_x:
                 out[p.name] = v * sx + m if inverse else (v - m) / sx
-            elif p.affine == "x_scale":
+            elif p.affine == "x_scale" and move_x:
                 out[p.name] = v * sx if inverse else v / sx
         return out
 

@@ -25,7 +25,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 
-from bayesmoe import _math
+from bayesmoe import _feature_maps, _math
 from bayesmoe import priors as _priors
 from bayesmoe._blocks import check_covariance
 from bayesmoe._solvers import multinomial_newton
@@ -193,12 +193,13 @@ class Softmax(_LinearSoftmax):
     def features(self, x: jnp.ndarray) -> jnp.ndarray:
         return _math.as_array(x)
 
-    def x_affine(self, d: int) -> bool:
-        r"""True: the softmax gate's regressors are x itself, so fits may standardise x.
+    def feature_map(self, x_loc, x_scale):
+        r"""The regressors are x itself: A = diag(1/s), c = -m/s (fits may standardise x).
 
-        :param d: number of inputs.
+        :param x_loc: the location m (d,).
+        :param x_scale: the scale s (d,).
         """
-        return True
+        return _feature_maps.identity_map(x_loc, x_scale)
 
 
 # ----------------------------------------------------------------------------- Gaussian gate
@@ -268,9 +269,6 @@ class Gaussian(Gate):
                             ("expert", f"block{g}", f"block{g}_bis"), constraints.corr_cholesky,
                             lambda s, z, g=g: dist.LKJCholesky(z[f"b{g}"], 2.0)),)
         return table
-
-    def x_affine(self, d: int) -> bool:
-        return True
 
     def coords(self, names):
         out = super().coords(names)

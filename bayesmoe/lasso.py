@@ -120,7 +120,7 @@ def _starts(model, x, y, n_starts: int, rng: np.random.Generator, floors: dict) 
     size = n * m * m * x.dtype.itemsize
     per_feature = [p for f in model.families for p in f.param_table()
                    if REGRESSOR in p.dims or "feature" in p.dims]
-    if (size <= _MAX_START_BYTES or not all(f.x_affine(d) for f in model.families)
+    if (size <= _MAX_START_BYTES or not all(f.x_affine(d) and f.n_features(d) == d for f in model.families)
             or any(p.affine != "coef" for p in per_feature) or model.expert.is_discrete):
         return data_starts(model, x, y, n_starts, rng, floors)
     q = int(min(d, max(1, np.sqrt(_MAX_START_BYTES / (n * x.dtype.itemsize)) - 1)))
@@ -216,7 +216,7 @@ def lasso_path(model, x, y, lambdas=None, *, n_lambdas: int = 30, lambda_min_rat
     unit = _pen.L1(1.0) if penalty is None else penalty.with_lam(1.0)
     _pen.site_weights(unit, model, d)  # errors before anything compiles
 
-    std = _standardize.for_data(model, xa, ya)
+    std = _standardize.for_data(model, xa, ya, separable=True)
     xs, ys = std.x(xa), std.y(ya, model)
     dtype = jnp.result_type(float)
     tol = float(tol) if tol is not None else (1e-7 if dtype == jnp.float32 else 1e-10)

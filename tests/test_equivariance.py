@@ -70,3 +70,28 @@ def test_fit_is_equivariant(data, base_fits, method, name, a, b, c, e):
 def test_reference_mle_reached_in_float32(base_fits):
     for fit in base_fits.values():
         assert fit.log_likelihood >= -1201.01989 - 1e-3
+
+
+@pytest.mark.parametrize("d,degree", [(1, 2), (1, 3), (2, 2), (3, 3)])
+def test_polynomial_feature_map_is_exact(d, degree):
+    """poly((x - m)/s) = A poly(x) + c with A and c from the family's declared map (numpy monomials)."""
+    from tests.reference import poly
+
+    rng = np.random.default_rng(d * 10 + degree)
+    x, m, s = rng.normal(size=(30, d)), rng.normal(size=d), rng.uniform(0.5, 2.0, size=d)
+    fm = bm.experts.Gaussian(degree=degree).feature_map(m, s)
+    A = np.zeros((poly(x, degree).shape[1],) * 2)
+    np.add.at(A, (fm.rows, fm.cols), np.asarray(fm.vals, np.float64))
+    np.testing.assert_allclose(poly(x, degree) @ A.T + np.asarray(fm.offset), poly((x - m) / s, degree),
+                               rtol=1e-4, atol=1e-4)
+
+
+def test_families_declare_their_maps():
+    """Regressors redefined without a map are never standardised; polynomials and x itself are."""
+    assert bm.experts.Gaussian(degree=3).x_affine(2) and bm.gates.Softmax().x_affine(2)
+    assert bm.gates.Gaussian().x_affine(2)
+    assert not bm.gates.ModifiedSoftmax("tanh").x_affine(2)
+    assert not bm.experts.MultivariateGaussian(2).x_affine(2)
+    with pytest.raises(ValueError, match="cannot be standardised"):
+        bm.gates.ModifiedSoftmax("tanh").standardize(
+            {"gate_intercept": np.zeros(2), "gate_coef": np.zeros((2, 1))}, np.zeros(1), np.ones(1))

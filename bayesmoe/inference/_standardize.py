@@ -68,33 +68,55 @@ def _spread(v: np.ndarray) -> np.ndarray:
     return np.where(sd > 0, sd, 1.0)
 
 
-def for_data(model, x: np.ndarray, y: np.ndarray) -> Standardization:
-    """The standardisation a maximum-likelihood fit of ``model`` uses on (x, y)."""
+def for_data(model, x: np.ndarray, y: np.ndarray, *, separable: bool = False) -> Standardization:
+    """The standardisation a maximum-likelihood fit of ``model`` uses on (x, y).
+
+    x is standardised only when both families declare an exact map of their parameters
+    (:meth:`bayesmoe.family.Family.x_affine`); y only for experts with ``y_affine``.
+
+    :param separable: the fit needs each slope mapped on its own (an L1 penalty in the data's units is
+        a weighted L1 penalty in standardised units only then): x is then centred only when the map
+        stays diagonal (regressors that are x itself), and only scaled otherwise.
+    """
     x = np.asarray(x, np.float64)
     d = x.shape[1]
     out = identity(d)
     if model.gate.x_affine(model.gate_d(d)) and model.expert.x_affine(model.expert_d(d)):
         out = out._replace(x_loc=x.mean(0), x_scale=_spread(x))
+        if separable and not _diagonal(model, out):
+            out = out._replace(x_loc=np.zeros(d))
     if model.expert.y_affine:
         y = np.asarray(y, np.float64)
         out = out._replace(y_loc=float(y.mean()), y_scale=float(_spread(y)))
     return out
 
 
+def _diagonal(model, st: Standardization) -> bool:
+    """Whether every family's slopes map one to one under ``st`` (no regressor mixes into another)."""
+    for fam, sel in ((model.gate, model.gate_x), (model.expert, model.expert_x)):
+        if fam.affine_sites("coef"):
+            with jax.enable_x64(True):
+                fm = fam.feature_map(sel(np.asarray(st.x_loc)), sel(np.asarray(st.x_scale)))
+            if np.any((fm.rows != fm.cols) & (np.asarray(fm.vals) != 0)):
+                return False
+    return True
+
+
 def _map(model, params: dict, st: Standardization, inverse: bool) -> dict:
     with jax.enable_x64(True):
         p = {k: np.asarray(v, np.float64) for k, v in params.items()
              if k in model.site_names(len(st.x_loc))}
-        out = _map_compiled(model, inverse, p, np.asarray(st.x_loc), np.asarray(st.x_scale),
+        move_x = not (np.all(st.x_loc == 0) and np.all(st.x_scale == 1))
+        out = _map_compiled(model, inverse, move_x, p, np.asarray(st.x_loc), np.asarray(st.x_scale),
                             np.float64(st.y_loc), np.float64(st.y_scale))
         return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
 
-@partial(jax.jit, static_argnums=(0, 1))
-def _map_compiled(model, inverse, params, x_loc, x_scale, y_loc, y_scale):
+@partial(jax.jit, static_argnums=(0, 1, 2))
+def _map_compiled(model, inverse, move_x, params, x_loc, x_scale, y_loc, y_scale):
     """One compiled program (float64) per model and direction, instead of many eager operations."""
-    p = model.gate.standardize(params, model.gate_x(x_loc), model.gate_x(x_scale), y_loc, y_scale,
-                               inverse=inverse)
-    p = model.expert.standardize(p, model.expert_x(x_loc), model.expert_x(x_scale), y_loc, y_scale,
-                                 inverse=inverse)
+    gx = (model.gate_x(x_loc), model.gate_x(x_scale)) if move_x else (None, None)
+    ex = (model.expert_x(x_loc), model.expert_x(x_scale)) if move_x else (None, None)
+    p = model.gate.standardize(params, *gx, y_loc, y_scale, inverse=inverse)
+    p = model.expert.standardize(p, *ex, y_loc, y_scale, inverse=inverse)
     return model.complete_params(p)

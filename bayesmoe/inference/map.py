@@ -220,7 +220,7 @@ def fit_map(model: MoE | Callable, x: Any = None, y: Any = None, *, data: Any = 
         init = model.check_params(init, xa.shape[1], name="init")
     std = None
     if isinstance(model, MoE) and not prior:  # ML fits run on standardised data (exact back-map)
-        std = _standardize.for_data(model, xa, ya)
+        std = _standardize.for_data(model, xa, ya, separable=penalty is not None)
         xa, ya = std.x(xa), std.y(ya, model)
         if init is not None:
             init = {k: v for k, v in std.to_std(model, init).items() if k in init}
