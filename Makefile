@@ -38,7 +38,7 @@ venv: $(VENV)/.installed
 # workers (one per core on CI; whole files per worker).
 PYTEST_WORKERS ?= 2
 STATS_A := $(sort $(wildcard tests/test_[a-l]*.py))
-STATS_B := $(sort $(wildcard tests/test_[m-z]*.py))
+STATS_B := $(filter-out tests/test_matrix.py,$(sort $(wildcard tests/test_[m-z]*.py)))
 PYTEST_STATS := MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist loadfile --durations=10
 # tests/nn (one process, which leaves part of the second core idle) runs beside the statistical halves;
 # make prints each part's output when it ends (--output-sync) and fails if any part fails.
@@ -49,9 +49,11 @@ test: venv
 test-nn: venv
 	MPLBACKEND=Agg $(PY) -m pytest -q tests/nn
 
+# The generated gate x expert x option matrix (tests/_matrix.py): independent cases, spread case by case.
 test-stats: venv
 	$(PYTEST_STATS) $(STATS_A)
 	$(PYTEST_STATS) $(STATS_B)
+	MPLBACKEND=Agg $(PY) -m pytest -q -n $(PYTEST_WORKERS) --dist load --durations=10 tests/test_matrix.py
 
 # The quick subset (< 3 min): everything but the tests marked slow.
 test-fast: venv

@@ -210,6 +210,14 @@ class Gaussian(_Polynomial, Expert):
 _ROBUST_START_STEPS = 5
 
 
+class _StudentT(dist.StudentT):
+    """NumPyro's Student-t with a log density that keeps its digits for large degrees of freedom
+    (:func:`bayesmoe._math.student_t_log_density`; NumPyro's subtracts two huge ``gammaln`` values)."""
+
+    def log_prob(self, value):
+        return _math.student_t_log_density(value, self.df, self.loc, self.scale)
+
+
 @dataclasses.dataclass(frozen=True)
 class StudentT(_Polynomial, Expert):
     r"""Robust regression expert: location-scale Student t,
@@ -278,7 +286,7 @@ class StudentT(_Polynomial, Expert):
         """
         loc = self.linear_predictor(params, x)
         scale = jnp.asarray(params["expert_scale"])
-        return dist.StudentT(jnp.broadcast_to(self._df(params, loc.dtype), scale.shape), loc, scale)
+        return _StudentT(jnp.broadcast_to(self._df(params, loc.dtype), scale.shape), loc, scale)
 
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
         r""":math:`\log p_k(y_i \mid x_i)`, shape (n, K).
@@ -334,6 +342,14 @@ class StudentT(_Polynomial, Expert):
 
 
 # ----------------------------------------------------------------------------- Poisson
+class _Poisson(dist.Poisson):
+    """NumPyro's Poisson with a CDF that stays accurate and fast for large rates
+    (:func:`bayesmoe._math.poisson_cdf`)."""
+
+    def cdf(self, value):
+        return _math.poisson_cdf(value, self.rate)
+
+
 @dataclasses.dataclass(frozen=True)
 class Poisson(_Polynomial, Expert):
     r"""Log-link count expert: :math:`y | x, k \sim \mathrm{Poisson}(\lambda_{ik})`,
@@ -375,7 +391,7 @@ class Poisson(_Polynomial, Expert):
         :param params: the family's parameters keyed by site name (expert axis K first).
         :param x: inputs (n, d).
         """
-        return dist.Poisson(self.mean(params, x))
+        return _Poisson(self.mean(params, x))
 
     def log_prob(self, params: Params, x: jnp.ndarray, y: jnp.ndarray) -> jnp.ndarray:
         r""":math:`\log p_k(y_i \mid x_i)`, shape (n, K).

@@ -819,7 +819,7 @@ def _responsibilities(model: MoE, params: Params, x, y) -> jnp.ndarray:
 
 @partial(jax.jit, static_argnums=0)
 def _predict(model: MoE, params: Params, x):
-    g = jnp.exp(model.gate.log_weights(params, model.gate_x(x)))
+    g = jax.nn.softmax(model.gate.log_weights(params, model.gate_x(x)), axis=-1)  # sums to 1 exactly
     em = model.expert.mean(params, model.expert_x(x))
     ep = model.expert.probs(params, model.expert_x(x))
     ev = len(model.expert.y_shape())  # vector responses: em is (n, K, q)

@@ -41,6 +41,7 @@ def reference_kinds(gate, expert):
     else:
         gk = "modified"
         tr = {"tanh": np.tanh, "sigmoid": lambda x: 1 / (1 + np.exp(-x))}[gate.transform_name]
-    ek = {"Categorical": "categorical", "Poisson": "poisson", "StudentT": "studentt"}.get(
+    ek = {"Categorical": "categorical", "Poisson": "poisson", "StudentT": "studentt",
+          "MultivariateGaussian": "mvgaussian"}.get(
         type(expert).__name__, "gaussian")
     return gk, tr, ek

@@ -49,6 +49,10 @@ def expert_log_probs(kind, params, x, y, degree=1):
             df, scale = params["expert_df"][None, :], params["expert_scale"][None, :]
             return stats.t(df, mean, scale).logpdf(y[:, None])
         return stats.norm(mean, params["expert_scale"][None, :]).logpdf(y[:, None])
+    if kind == "mvgaussian":
+        mean = params["expert_intercept"][None] + np.einsum("np,kqp->nkq", f, params["expert_coef"])
+        return np.stack([stats.multivariate_normal(np.zeros(y.shape[1]), params["expert_cov"][k])
+                         .logpdf(y - mean[:, k]).reshape(-1) for k in range(mean.shape[1])], axis=1)
     logits = params["expert_intercept"][None] + np.einsum("np,kcp->nkc", f, params["expert_coef"])
     logp = logits - special.logsumexp(logits, axis=2, keepdims=True)
     return logp[np.arange(len(y)), :, y]

@@ -213,3 +213,34 @@ def test_free_params_of_stacked_draws_match_one_by_one(rng):
     f0 = model.free_params(p0)
     back = dict(p0, gate_intercept=np.append(f0["gate_intercept_free"], 0.0))
     np.testing.assert_allclose(model.log_likelihood(back, x, y), model.log_likelihood(p0, x, y), rtol=1e-5)
+
+
+@pytest.mark.parametrize("df", [0.3, 2.0, 9.0, 50.0, 1e4, 1e7])
+def test_student_t_log_density_keeps_its_digits_for_large_df(df):
+    """float32 Student-t experts against scipy in float64, for every df: NumPyro's formula subtracts two
+    gammaln values of order df log df (error ~ 8 at df = 1e7); the package's does not."""
+    expert = bm.experts.StudentT()
+    y = np.linspace(-30.0, 30.0, 41)
+    params = {"expert_intercept": np.array([0.5]), "expert_coef": np.array([[0.0]]),
+              "expert_scale": np.array([3.0]), "expert_df": np.array([df])}
+    got = np.asarray(expert.log_prob(params, np.zeros((41, 1), np.float32), y.astype(np.float32)))[:, 0]
+    want = stats.t(df, 0.5, 3.0).logpdf(y)
+    np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-5)
+
+
+@pytest.mark.parametrize("rate", [0.3, 4.0, 60.0, 900.0, 5e3, 1e5, 1e8, 1e12])
+def test_poisson_cdf_is_accurate_for_large_rates(rate):
+    """The Poisson experts' CDF (prediction intervals) against scipy, for rates where XLA's float32
+    gammaincc is wrong (1e5 and up) or slow (near 1e12)."""
+    import jax.numpy as jnp
+
+    expert = bm.experts.Poisson()
+    params = {"expert_intercept": np.array([np.log(rate)]), "expert_coef": np.array([[0.0]])}
+    k = np.unique(np.floor(rate + np.linspace(-4, 4, 17) * np.sqrt(rate)).clip(-1).astype(np.float32))
+    comp = expert.component(params, np.zeros((len(k), 1), np.float32))
+    got = np.asarray(comp.cdf(jnp.asarray(k)[:, None]))[:, 0]
+    rate32 = float(np.exp(np.float32(np.log(rate))))  # the rate float32 can hold
+    # float32 holds k / rate to 6e-8: z = 3 sqrt(rate) ((rate/k)^(1/3) - 1) is known to ~ sqrt(rate) 6e-8
+    tol = 2e-4 + 3 * np.sqrt(rate) * 6e-8
+    np.testing.assert_allclose(got, stats.poisson(rate32).cdf(k.astype(np.float64)), atol=tol)
+    assert np.all(np.diff(got) >= -tol) and np.all((got >= 0) & (got <= 1))

@@ -238,3 +238,21 @@ def test_no_jump_when_the_simplest_model_is_best():
     res = sel.djump([1.0, 2.0, 3.0], [1.0, 2.0, 3.0])
     assert (res.kappa, res.selected, res.diagnostics["jump"]) == (0.0, 0, -1)
     assert sel.ddse([1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]).selected == 0
+
+
+def test_bic_picks_the_quadratic_experts_of_misspecified_glome():
+    """Issue 29: on bm.datasets.glome(specified=False) data (quadratic experts), the default fit_mle of the
+    degree-2 model reaches the likelihood of the true parameters (x64), and BIC over degrees 1-3 picks 2."""
+    import jax
+
+    with jax.enable_x64(True):
+        truth_model, truth = bm.datasets.glome(specified=False)
+        x, y, _ = bm.datasets.simulate_dataset(11, truth_model, truth, 800)
+        ll_true = float(np.sum(truth_model.log_likelihood(truth, x, y)))
+        fits = {deg: bm.fit_mle(bm.MoE(bm.gates.Gaussian(), bm.experts.Gaussian(degree=deg), 2, joint=True),
+                                x, y, seed=0) for deg in (1, 2, 3)}
+    assert fits[2].log_likelihood >= ll_true - 1e-6
+    assert fits[3].log_likelihood >= fits[2].log_likelihood - 1e-6      # nested models
+    assert sel.select_models(fits, "bic").best == 2
+    # the estimates are those of the true model's parametrisation (same site names and shapes)
+    assert fits[2].params["expert_coef"].shape == truth["expert_coef"].shape

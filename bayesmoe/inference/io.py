@@ -80,7 +80,8 @@ def save_fit(fit: FitResult, path: Any) -> None:
             vdims = tuple(f"{name}_dim_{i}" for i in range(v.ndim))
         variables[f"param__{name}"] = xr.DataArray(v, dims=vdims)
     variables["x"] = xr.DataArray(x, dims=("obs", "feature"))
-    variables["y"] = xr.DataArray(np.asarray(data.y), dims=("obs",))
+    y = np.asarray(data.y)
+    variables["y"] = xr.DataArray(y, dims=("obs", "output")[:y.ndim])  # (n,) or (n, q) responses
     variables["start_log_likelihoods"] = xr.DataArray(np.atleast_1d(np.asarray(fit.start_log_likelihoods,
                                                                                float)), dims=("start",))
     used = {dim for da in variables.values() for dim in da.dims}
