@@ -108,6 +108,7 @@ def test_matrix_covers_every_family_and_option():
     assert {(type(c.gate), c.degree) for c in CASES} >= {(g, k) for g in gates for k in (1, 2, 3)}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(CASES)), ids=[c.id for c in CASES])
 def test_combination(index, tmp_path):
     case = CASES[index]
