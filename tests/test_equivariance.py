@@ -99,8 +99,8 @@ def test_families_declare_their_maps():
 
 @pytest.mark.parametrize("gate", [bm.gates.Softmax(), bm.gates.Gaussian("full"), bm.gates.ModifiedSoftmax()],
                          ids=repr)
-@pytest.mark.parametrize("expert", [bm.experts.Gaussian(degree=3), bm.experts.Categorical(n_classes=3, degree=2)],
-                         ids=repr)
+@pytest.mark.parametrize("expert", [bm.experts.Gaussian(degree=3),
+                                    bm.experts.Categorical(n_classes=3, degree=2)], ids=repr)
 def test_standardised_parameters_give_the_same_likelihood(gate, expert):
     """The parameter map of a fit's standardisation is exact: the model on standardised data with the
     mapped parameters has the raw log-likelihood plus the Jacobian, pointwise, and maps back (x64)."""
