@@ -80,7 +80,11 @@ def test_sharded_fit_equals_one_device_fit(four_devices, method):
     # the estimates agree to 1e-5 of each site's scale: L-BFGS stops on the Newton decrement, EM on the
     # log-likelihood change summed row by row (the difference of two float32 sums read 0 while the
     # parameters still moved, and EM stopped at a step that depended on the order of the sums)
-    tol = 1e-5
+    # EM converges linearly and stops on a relative change of 1e-7: where the likelihood is flat (the
+    # gate intercepts) the point it stops at moves with the order of the float32 sums by ~1e-4 of the
+    # site's scale (seen on the 2026-12 machines for the unchanged code of 57e4696), far below a
+    # standard error (~0.1 here)
+    tol = 1e-4 if method == "em" else 1e-5
     p1, p4 = res["params"]
     for k in p1:
         a, b = np.asarray(p1[k]), np.asarray(p4[k])
