@@ -171,8 +171,7 @@ def _coef_factor(family, K: int, d: int, std) -> dict[str, np.ndarray]:
             base[name] = jnp.ones_like(base[name])
         for name in family.affine_sites("intercept"):
             base[name] = jnp.zeros_like(base[name])
-        move_x = not (np.all(std.x_loc == 0) and np.all(std.x_scale == 1))
-        xs = (np.asarray(std.x_loc), np.asarray(std.x_scale)) if move_x else (None, None)
+        xs = (np.asarray(std.x_loc), np.asarray(std.x_scale)) if std.moves_x else (None, None)
         out = family.standardize(base, *xs, std.y_loc, std.y_scale)
         return {name: np.asarray(out[name], np.float64) for name in names}
 

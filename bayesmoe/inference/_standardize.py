@@ -54,9 +54,13 @@ class Standardization(NamedTuple):
         return float(out)
 
     @property
+    def moves_x(self) -> bool:
+        """Whether x is standardised (a location or scale other than 0 and 1)."""
+        return not (np.all(self.x_loc == 0) and np.all(self.x_scale == 1))
+
+    @property
     def is_identity(self) -> bool:
-        return (np.all(self.x_loc == 0) and np.all(self.x_scale == 1) and self.y_loc == 0
-                and self.y_scale == 1)
+        return not self.moves_x and self.y_loc == 0 and self.y_scale == 1
 
 
 def identity(d: int) -> Standardization:
@@ -106,8 +110,7 @@ def _map(model, params: dict, st: Standardization, inverse: bool) -> dict:
     with jax.enable_x64(True):
         p = {k: np.asarray(v, np.float64) for k, v in params.items()
              if k in model.site_names(len(st.x_loc))}
-        move_x = not (np.all(st.x_loc == 0) and np.all(st.x_scale == 1))
-        out = _map_compiled(model, inverse, move_x, p, np.asarray(st.x_loc), np.asarray(st.x_scale),
+        out = _map_compiled(model, inverse, st.moves_x, p, np.asarray(st.x_loc), np.asarray(st.x_scale),
                             np.float64(st.y_loc), np.float64(st.y_scale))
         return {k: np.asarray(v, np.float64) for k, v in out.items()}
 
