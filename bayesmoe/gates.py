@@ -25,7 +25,7 @@ import numpyro.distributions as dist
 from jax.scipy.special import logsumexp
 from numpyro.distributions import constraints
 
-from bayesmoe import _feature_maps, _math
+from bayesmoe import _math
 from bayesmoe import priors as _priors
 from bayesmoe._blocks import check_covariance
 from bayesmoe._solvers import multinomial_newton
@@ -175,7 +175,9 @@ class Softmax(_LinearSoftmax):
 
     Identifiable only up to a common translation of all gate parameters; the **last expert is the
     reference** (:math:`\beta_{0K} = 0`, :math:`\beta_{1K} = 0`) as in arXiv 2305.03288. Sites as
-    in :class:`ModifiedSoftmax` with :math:`M` the identity.
+    in :class:`ModifiedSoftmax` with :math:`M` the identity: the regressors are x itself (the
+    :class:`~bayesmoe.family.Family` defaults of ``features`` and ``feature_map``), so fits may
+    standardise x.
     """
 
     transform_name: ClassVar[str] = "identity"
@@ -189,17 +191,6 @@ class Softmax(_LinearSoftmax):
 
     def n_features(self, d: int) -> int:
         return d
-
-    def features(self, x: jnp.ndarray) -> jnp.ndarray:
-        return _math.as_array(x)
-
-    def feature_map(self, x_loc, x_scale):
-        r"""The regressors are x itself: A = diag(1/s), c = -m/s (fits may standardise x).
-
-        :param x_loc: the location m (d,).
-        :param x_scale: the scale s (d,).
-        """
-        return _feature_maps.identity_map(x_loc, x_scale)
 
 
 # ----------------------------------------------------------------------------- Gaussian gate
